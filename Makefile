@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make test` and `make demo`.
+# Each creates .venv if it is missing and installs the pinned requirements and the package
+# (editable); the stamp file makes a second call a no-op set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.attnconv-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+demo: $(STAMP)
+	$(BIN)/attnconv demo
+
+bench: $(STAMP)
+	$(BIN)/attnconv bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
