@@ -1,0 +1,19 @@
+"""Self-attention layers with the paper's relative positional encodings."""
+
+from attnconv.layers.attention import ENCODINGS, SelfAttention2d
+from attnconv.layers.base import RelativeEncoding
+from attnconv.layers.grid import axis_offsets, relative_grid
+from attnconv.layers.learned import LearnedRelativeEncoding
+from attnconv.layers.quadratic import GaussianHeads, QuadraticEncoding, QuadraticFullEncoding
+
+__all__ = [
+    "ENCODINGS",
+    "GaussianHeads",
+    "LearnedRelativeEncoding",
+    "QuadraticEncoding",
+    "QuadraticFullEncoding",
+    "RelativeEncoding",
+    "SelfAttention2d",
+    "axis_offsets",
+    "relative_grid",
+]

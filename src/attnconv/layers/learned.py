@@ -1,0 +1,99 @@
+"""Learned relative row/column embeddings (PAPER section 3, "SA learned emb.").
+
+Two tables hold one embedding per row shift and per column shift, ``2 * max_size - 1`` entries
+each (shifts ``-(max_size - 1) .. max_size - 1``). They are used in two ways:
+
+* positional-only: a per-head linear score on each table, summed,
+  ``score_h(delta) = a_h . r_row(delta_1) + b_h . r_col(delta_2)``;
+* query-dependent (with content attention, Ramachandran et al. 2019): the head's query is split
+  in two halves, ``q_row . r_row(delta_1) + q_col . r_col(delta_2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attnconv.layers.base import RelativeEncoding
+from attnconv.layers.grid import axis_offsets
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class LearnedRelativeEncoding(RelativeEncoding):
+    """Learned relative row and column embeddings.
+
+    Args:
+        heads: number of attention heads.
+        dim: width of each table entry. Positional-only: any width (the paper uses the hidden
+            size, 400). Query-dependent: half the query width of a head (the paper: 200).
+        max_size: largest grid the tables cover, ``int`` or ``(max_height, max_width)``.
+        query_dependent: if True the logits are ``q_row . r_row + q_col . r_col``; otherwise a
+            learned per-head linear score on each table.
+        init_std: standard deviation of the table entries at initialisation.
+    """
+
+    def __init__(
+        self,
+        heads: int,
+        dim: int,
+        *,
+        max_size: int | tuple[int, int] = 32,
+        query_dependent: bool = False,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim = dim
+        self.max_height, self.max_width = _pair(max_size)
+        if self.max_height < 1 or self.max_width < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        self.query_dependent = query_dependent
+        self.row_embeddings = nn.Parameter(init_std * torch.randn(2 * self.max_height - 1, dim))
+        self.col_embeddings = nn.Parameter(init_std * torch.randn(2 * self.max_width - 1, dim))
+        if not query_dependent:
+            # Per-head linear scores a_h, b_h (no bias: a constant does not change the softmax).
+            self.row_score = nn.Parameter(torch.randn(heads, dim) / math.sqrt(dim))
+            self.col_score = nn.Parameter(torch.randn(heads, dim) / math.sqrt(dim))
+
+    def check_size(self, height: int, width: int) -> None:
+        if height > self.max_height or width > self.max_width:
+            raise ValueError(
+                f"a {height}x{width} token grid is larger than the learned relative tables "
+                f"allow (max_size={self.max_height}x{self.max_width}); build the layer with "
+                f"max_size >= {max(height, width)} (max_size=({height}, {width}) or larger)"
+            )
+
+    def _tables(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Gather ``r_row[k - i]`` ``(H, H, dim)`` and ``r_col[l - j]`` ``(W, W, dim)``."""
+        self.check_size(height, width)
+        device = self.row_embeddings.device
+        row_idx = axis_offsets(height, device=device) + self.max_height - 1  # (H, H)
+        col_idx = axis_offsets(width, device=device) + self.max_width - 1  # (W, W)
+        return self.row_embeddings[row_idx], self.col_embeddings[col_idx]
+
+    def logits(self, height: int, width: int, query: Tensor | None = None) -> Tensor:
+        """Positional-only: ``(heads, H, W, H, W)``; query-dependent: ``(B, heads, H, W, H, W)``.
+
+        For the query-dependent form ``query`` is ``(B, heads, H, W, 2 * dim)``; its first half
+        scores the row table and its second half the column table.
+        """
+        r_row, r_col = self._tables(height, width)  # (H, H, dim), (W, W, dim)
+        if not self.query_dependent:
+            row = torch.einsum("hd,ikd->hik", self.row_score, r_row)  # (heads, H, H)
+            col = torch.einsum("hd,jld->hjl", self.col_score, r_col)  # (heads, W, W)
+            return row[:, :, None, :, None] + col[:, None, :, None, :]  # (heads, H, W, H, W)
+        if query is None:
+            raise ValueError("a query-dependent encoding needs the queries")
+        q_row, q_col = query.split(self.dim, dim=-1)  # (B, heads, H, W, dim) each
+        row = torch.einsum("bhijd,ikd->bhijk", q_row, r_row)  # (B, heads, H, W, H)
+        col = torch.einsum("bhijd,jld->bhijl", q_col, r_col)  # (B, heads, H, W, W)
+        return row[..., :, None] + col[..., None, :]  # (B, heads, H, W, H, W)
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.heads}, dim={self.dim}, max_size=({self.max_height}, "
+                f"{self.max_width}), query_dependent={self.query_dependent}")
