@@ -34,7 +34,7 @@ def test_fast_crop_flip_matches_reference() -> None:
         for b in range(16):
             ref = crop_flip_reference(images[b], int(offsets[b, 0]), int(offsets[b, 1]),
                                       bool(flips[b]), pad)
-            torch.testing.assert_close(fast[b], ref, rtol=0, atol=0)
+            assert torch.equal(fast[b], ref)
 
 
 def test_augment_shapes_range_and_determinism() -> None:
@@ -43,7 +43,7 @@ def test_augment_shapes_range_and_determinism() -> None:
     assert out.shape == images.shape and out.dtype == images.dtype
     same = augment_batch(images, torch.Generator().manual_seed(5))
     other = augment_batch(images, torch.Generator().manual_seed(6))
-    torch.testing.assert_close(out, same, rtol=0, atol=0)
+    assert torch.equal(out, same)
     assert not torch.equal(out, other)
     offsets, flips = draw_crop_flip(4000, torch.Generator().manual_seed(0), pad=4)
     assert offsets.min() == 0 and offsets.max() == 8
@@ -56,8 +56,8 @@ def test_augment_pads_with_zeros_and_identity_without_randomness() -> None:
     assert corner[0, 0, 0, 0] == 0 and corner[0, 0, 3, 3] == 0  # 4 px shift, all padding
     assert (corner[1] == 0).all()
     centred = crop_flip(images, torch.tensor([[4, 4], [4, 4]]), torch.tensor([False, True]))
-    torch.testing.assert_close(centred, images)
-    torch.testing.assert_close(augment_batch(images, None, pad=0, flip=False), images)
+    assert torch.equal(centred, images)
+    assert torch.equal(augment_batch(images, None, pad=0, flip=False), images)
 
 
 def test_normalize_uint8_and_float_agree() -> None:
@@ -65,8 +65,8 @@ def test_normalize_uint8_and_float_agree() -> None:
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     expected = (images.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
         std).view(3, 1, 1)
-    torch.testing.assert_close(normalize(images, mean, std), expected)
-    torch.testing.assert_close(normalize(images.float() / 255, mean, std), expected)
+    assert torch.allclose(normalize(images, mean, std), expected, atol=1e-5)
+    assert torch.allclose(normalize(images.float() / 255, mean, std), expected, atol=1e-5)
     assert normalize(images[0], mean, std).shape == (3, 4, 4)
 
 
@@ -93,8 +93,8 @@ def test_image_batches_order_and_augmentation_are_seeded() -> None:
     first, again = run(0), run(0)
     assert [x.shape[0] for x, _ in first] == [4, 4, 2, 4, 4, 2]
     for (x1, y1), (x2, y2) in zip(first, again, strict=True):
-        torch.testing.assert_close(x1, x2, rtol=0, atol=0)
-        torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+        assert torch.equal(x1, x2)
+        assert torch.equal(y1, y2)
     epoch_labels = [torch.cat([y for _, y in first[i:i + 3]]) for i in (0, 3)]
     assert sorted(epoch_labels[0].tolist()) == sorted(arrays.labels.tolist())
     assert not torch.equal(epoch_labels[0], epoch_labels[1])  # new order each epoch
@@ -112,7 +112,7 @@ def test_image_batches_plain_pass_matches_dataset() -> None:
     for i in range(2):
         item, label = dataset[i]
         assert item.shape == (1, 6, 6) and label == int(arrays.labels[i])
-        torch.testing.assert_close(x[i], item)
+        assert torch.allclose(x[i], item)
     expected = (arrays.images[0, ..., 0] / 255 - 0.2840) / 0.3513
     np.testing.assert_allclose(dataset[0][0][0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
@@ -121,7 +121,7 @@ def test_image_dataset_augmentation_and_dataloader() -> None:
     arrays = _arrays(n=6)
     a = ImageDataset(arrays, augment=True, generator=torch.Generator().manual_seed(1))
     b = ImageDataset(arrays, augment=True, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(a[3][0], b[3][0])
+    assert torch.equal(a[3][0], b[3][0])
     loader = torch.utils.data.DataLoader(a, batch_size=4)
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 1, 2, 0]
@@ -140,5 +140,5 @@ def test_image_batches_on_cuda_match_cpu() -> None:
                        generator=torch.Generator().manual_seed(3), device="cuda")
     for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
         assert xg.is_cuda and yg.is_cuda
-        torch.testing.assert_close(xg.cpu(), xc)
-        torch.testing.assert_close(yg.cpu(), yc)
+        assert torch.allclose(xg.cpu(), xc, atol=1e-6)
+        assert torch.equal(yg.cpu(), yc)
