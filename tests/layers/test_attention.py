@@ -193,3 +193,42 @@ def test_other_bad_arguments() -> None:
         SelfAttention2d(8, 2, head_dim=4, value_proj=False)
     with pytest.raises(ValueError, match="dim must be a positive integer"):
         SelfAttention2d(0, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Fast paths agree with the reference (outputs and gradients).
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [dict(encoding="quadratic"), dict(encoding="learned", max_size=9),
+                                 dict(encoding="quadratic", head_dim=3, value_proj=True)],
+                         ids=["quadratic", "learned", "quadratic-value-proj"])
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (5, 9), (9, 2)])
+def test_separable_path_equals_reference(cfg: dict, size: tuple[int, int]) -> None:
+    torch.manual_seed(7)
+    layer = SelfAttention2d(5, 3, out_dim=4, **cfg).eval()
+    assert layer.algorithm() == "separable"
+    x = torch.randn(2, *size, 5, requires_grad=True)
+    y_fast, attn_fast = layer(x, return_attention=True)
+    grads_fast = torch.autograd.grad(y_fast.square().sum(), [x, *layer.parameters()])
+    layer.impl = "reference"
+    assert layer.algorithm() == "reference"
+    y_ref, attn_ref = layer(x, return_attention=True)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(y_fast, y_ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(attn_fast, attn_ref, atol=1e-12, rtol=1e-10)
+    for g_fast, g_ref in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-11, rtol=1e-9)
+
+
+def test_algorithm_choice_and_reference_switch() -> None:
+    from attnconv.layers.attention import reference_attention
+
+    layer = SelfAttention2d(4, 2, attn_dropout=0.1)
+    assert layer.algorithm() == "reference"  # training with attention dropout
+    layer.eval()
+    assert layer.algorithm() == "separable"
+    with reference_attention():
+        assert layer.algorithm() == "reference"
+    assert SelfAttention2d(4, 2, encoding="quadratic-full").eval().algorithm() == "reference"
+    assert SelfAttention2d(4, 2, content=True).eval().algorithm() == "reference"
+    with pytest.raises(ValueError, match="unknown impl"):
+        SelfAttention2d(4, 2, impl="fast")

@@ -10,7 +10,9 @@ are tested against it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal, overload
 
 import torch
@@ -21,8 +23,22 @@ from attnconv.errors import ShapeError
 from attnconv.layers.base import RelativeEncoding
 from attnconv.layers.learned import LearnedRelativeEncoding
 from attnconv.layers.quadratic import GaussianHeads, QuadraticEncoding, QuadraticFullEncoding
+from attnconv.layers.separable import separable_mix
 
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "none")
+IMPLS = ("auto", "reference")
+_FORCE_REFERENCE = False
+
+
+@contextlib.contextmanager
+def reference_attention(enabled: bool = True) -> Iterator[None]:
+    """Force every ``SelfAttention2d`` to use the reference computation (for debugging)."""
+    global _FORCE_REFERENCE
+    previous, _FORCE_REFERENCE = _FORCE_REFERENCE, enabled
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = previous
 
 
 def _check_positive(name: str, value: int, hint: str) -> None:
@@ -54,6 +70,8 @@ class SelfAttention2d(nn.Module):
         qk_dim: width of each head's query and key (content attention); defaults to ``dim``.
         max_size: largest grid of the learned tables (``int`` or ``(H, W)``).
         pos_dim: entry width of the positional-only learned tables; defaults to ``dim``.
+        impl: ``"auto"`` picks the fastest exact algorithm; ``"reference"`` always runs the
+            reference computation (also forced globally by :func:`reference_attention`).
     """
 
     def __init__(
@@ -70,6 +88,7 @@ class SelfAttention2d(nn.Module):
         qk_dim: int | None = None,
         max_size: int | tuple[int, int] = 32,
         pos_dim: int | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         _check_positive("dim", dim, "pass the number of input channels")
@@ -86,6 +105,8 @@ class SelfAttention2d(nn.Module):
                              'choose a positional encoding')
         if not 0.0 <= attn_dropout < 1.0:
             raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
         if value_proj is None:
             value_proj = head_dim != dim
         if not value_proj and head_dim != dim:
@@ -94,6 +115,7 @@ class SelfAttention2d(nn.Module):
 
         self.dim, self.heads, self.head_dim, self.out_dim = dim, heads, head_dim, out_dim
         self.encoding_name, self.content, self.qk_dim = encoding, content, qk_dim
+        self.impl = impl
 
         self.value = nn.Linear(dim, heads * head_dim) if value_proj else None
         if content:
@@ -215,6 +237,8 @@ class SelfAttention2d(nn.Module):
         dropout; ``B' = 1`` for positional-only attention, which is the same for every image.
         """
         b, h, w = self.check_input(x)
+        if self.algorithm() == "separable":
+            return self._forward_separable(x, return_attention)
         n = h * w
         attn = self.attention(x)  # (B', heads, H, W, H, W)
         probs = attn.reshape(attn.shape[0], self.heads, n, n)  # (B', heads, N, N)
@@ -225,6 +249,37 @@ class SelfAttention2d(nn.Module):
         mixed = mixed.transpose(1, 2).reshape(b, h, w, self.heads * self.head_dim)
         y = self.out(mixed)  # (B, H, W, out_dim)
         return (y, attn) if return_attention else y
+
+    # ----------------------------------------------------------------------------------------
+    # Exact fast paths (each tested against the reference above)
+    # ----------------------------------------------------------------------------------------
+    def algorithm(self) -> str:
+        """The algorithm the next forward pass uses: ``"separable"`` or ``"reference"``."""
+        if self.impl == "reference" or _FORCE_REFERENCE or self.content:
+            return "reference"
+        if self.training and self.attn_dropout.p > 0:
+            return "reference"  # dropout on the joint probabilities does not factorise
+        if hasattr(self.encoding, "axis_logits"):
+            return "separable"
+        return "reference"
+
+    def _forward_separable(self, x: Tensor,
+                           return_attention: bool) -> Tensor | tuple[Tensor, Tensor]:
+        b, h, w, _ = x.shape
+        assert self.encoding is not None
+        row, col = self.encoding.axis_logits(h, w)  # (heads, H, H), (heads, W, W)
+        row, col = row.softmax(dim=-1), col.softmax(dim=-1)
+        if self.value is None:
+            values = x.unsqueeze(1)  # (B, 1, H, W, dim), shared by all heads
+        else:
+            values = self.value(x).view(b, h, w, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
+        mixed = separable_mix(row, col, values)  # (B, heads, H, W, head_dim)
+        mixed = mixed.permute(0, 2, 3, 1, 4).reshape(b, h, w, self.heads * self.head_dim)
+        y = self.out(mixed)  # (B, H, W, out_dim)
+        if not return_attention:
+            return y
+        attn = row[:, :, None, :, None] * col[:, None, :, None, :]  # (heads, H, W, H, W)
+        return y, attn.unsqueeze(0)
 
     # ----------------------------------------------------------------------------------------
     # Introspection

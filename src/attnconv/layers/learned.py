@@ -76,17 +76,25 @@ class LearnedRelativeEncoding(RelativeEncoding):
         col_idx = axis_offsets(width, device=device) + self.max_width - 1  # (W, W)
         return self.row_embeddings[row_idx], self.col_embeddings[col_idx]
 
+    def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Positional-only separable form: row ``(heads, H, H)`` and column ``(heads, W, W)``."""
+        if self.query_dependent:
+            raise ValueError("query-dependent logits are not separable")
+        r_row, r_col = self._tables(height, width)  # (H, H, dim), (W, W, dim)
+        row = torch.einsum("hd,ikd->hik", self.row_score, r_row)  # (heads, H, H)
+        col = torch.einsum("hd,jld->hjl", self.col_score, r_col)  # (heads, W, W)
+        return row, col
+
     def logits(self, height: int, width: int, query: Tensor | None = None) -> Tensor:
         """Positional-only: ``(heads, H, W, H, W)``; query-dependent: ``(B, heads, H, W, H, W)``.
 
         For the query-dependent form ``query`` is ``(B, heads, H, W, 2 * dim)``; its first half
         scores the row table and its second half the column table.
         """
-        r_row, r_col = self._tables(height, width)  # (H, H, dim), (W, W, dim)
         if not self.query_dependent:
-            row = torch.einsum("hd,ikd->hik", self.row_score, r_row)  # (heads, H, H)
-            col = torch.einsum("hd,jld->hjl", self.col_score, r_col)  # (heads, W, W)
+            row, col = self.axis_logits(height, width)
             return row[:, :, None, :, None] + col[:, None, :, None, :]  # (heads, H, W, H, W)
+        r_row, r_col = self._tables(height, width)  # (H, H, dim), (W, W, dim)
         if query is None:
             raise ValueError("a query-dependent encoding needs the queries")
         q_row, q_col = query.split(self.dim, dim=-1)  # (B, heads, H, W, dim) each

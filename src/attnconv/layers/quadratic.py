@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from attnconv.layers.base import RelativeEncoding
-from attnconv.layers.grid import relative_grid
+from attnconv.layers.grid import axis_offsets, relative_grid
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,19 @@ class QuadraticEncoding(RelativeEncoding):
         c = self.centers.view(self.heads, 2, 1, 1, 1, 1)
         dist2 = (d_row - c[:, 0]) ** 2 + (d_col - c[:, 1]) ** 2  # (heads, H, W, H, W)
         return -self.alpha.view(self.heads, 1, 1, 1, 1) * dist2
+
+    def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """The separable form: row ``(heads, H, H)`` and column ``(heads, W, W)`` logits.
+
+        ``-alpha ||delta - Delta||^2 = -alpha (delta_1 - Delta_1)^2 - alpha (delta_2 - Delta_2)^2``
+        (see :mod:`attnconv.layers.separable`).
+        """
+        alpha = self.alpha.view(self.heads, 1, 1)
+        rows = axis_offsets(height, device=self.centers.device).to(self.centers.dtype)
+        cols = axis_offsets(width, device=self.centers.device).to(self.centers.dtype)
+        row = -alpha * (rows - self.centers[:, 0, None, None]) ** 2  # (heads, H, H)
+        col = -alpha * (cols - self.centers[:, 1, None, None]) ** 2  # (heads, W, W)
+        return row, col
 
     def gaussian_parameters(self) -> GaussianHeads:
         """Centres, ``Sigma^-1 = 2 alpha I`` and ``alpha``, detached, in pixels."""
