@@ -1,0 +1,95 @@
+"""One optimisation step, one pass over a split: the parts of training read top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnconv.data import augment_batch, normalize
+from attnconv.train.distributed import DistInfo, all_reduce_sum
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context: ``bf16``/``fp16`` autocast, nothing for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST[precision])
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """A seed for one training step: data augmentation and dropout depend only on it.
+
+    This is what makes a resumed run bit-identical to an uninterrupted one: no random state
+    needs to survive between steps.
+    """
+    return (seed * 1_000_003 + epoch * 100_003 + step * 101 + rank) % (2**63 - 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled order of the ``n`` training examples in ``epoch`` (seeded, resumable)."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def make_batch(images: Tensor, labels: Tensor, index: Tensor, *, mean: Sequence[float],
+               std: Sequence[float], augment: bool, generator: torch.Generator | None,
+               device: torch.device) -> tuple[Tensor, Tensor]:
+    """Gather ``index`` from the uint8 ``(N, C, H, W)`` images, augment, normalise, move."""
+    x = images[index]  # (B, C, H, W) uint8
+    if augment:
+        x = augment_batch(x, generator)  # random crop (pad 4) + horizontal flip
+    x = normalize(x, mean, std)  # (B, C, H, W) float32
+    return x.to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, *, precision: str,
+               scaler: torch.amp.GradScaler | None) -> tuple[Tensor, Tensor]:
+    """Forward, backward, SGD step, scheduler step; returns ``(loss, correct)`` as tensors."""
+    with autocast(x.device, precision):
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    scheduler.step()
+    return loss.detach(), (logits.argmax(dim=-1) == y).sum()
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)``, the last one possibly shorter."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
+             std: Sequence[float], batch_size: int, device: torch.device, precision: str = "fp32",
+             info: DistInfo | None = None) -> dict[str, float]:
+    """Loss and accuracy over a whole split (sharded over ranks, then summed)."""
+    info = info or DistInfo(device=device)
+    was_training = model.training
+    model.eval()
+    shard = torch.arange(info.rank, len(labels), info.world_size)
+    loss_sum, correct = 0.0, 0.0
+    for sl in batches(len(shard), batch_size):
+        x, y = make_batch(images, labels, shard[sl], mean=mean, std=std, augment=False,
+                          generator=None, device=device)
+        with autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == y).sum().item()
+    model.train(was_training)
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, float(len(shard))], info)
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
