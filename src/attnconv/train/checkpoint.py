@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -53,6 +53,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync directory.
 
@@ -63,6 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -126,7 +133,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     try:
         tensors = st_load(data)
-    except (SafetensorsError, ValueError, RuntimeError) as err:
+    except (SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is truncated or corrupted: {err}") from err
     if verify and _digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{path} is corrupted: its tensors do not match the stored "

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnconv.data import augment_batch, normalize
+from attnconv.data import normalize
+from attnconv.data.transforms import crop_flip, draw_crop_flip
 from attnconv.train.distributed import DistInfo, all_reduce_sum
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,13 +40,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 def make_batch(images: Tensor, labels: Tensor, index: Tensor, *, mean: Sequence[float],
                std: Sequence[float], augment: bool, generator: torch.Generator | None,
-               device: torch.device) -> tuple[Tensor, Tensor]:
-    """Gather ``index`` from the uint8 ``(N, C, H, W)`` images, augment, normalise, move."""
-    x = images[index]  # (B, C, H, W) uint8
+               device: torch.device, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
+    """Gather ``index[part]`` from uint8 ``(N, C, H, W)`` images, augment, normalise, move.
+
+    The crops and flips are drawn for the whole (global) batch ``index`` and then sliced to this
+    process's ``part``, so a distributed run augments exactly like a single process.
+    """
     if augment:
-        x = augment_batch(x, generator)  # random crop (pad 4) + horizontal flip
+        offsets, flips = draw_crop_flip(len(index), generator)  # random crop (pad 4) + flip
+        x = crop_flip(images[index[part]], offsets[part], flips[part])  # (B, C, H, W) uint8
+    else:
+        x = images[index[part]]  # (B, C, H, W) uint8
     x = normalize(x, mean, std)  # (B, C, H, W) float32
-    return x.to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+    return x.to(device, non_blocking=True), labels[index[part]].to(device, non_blocking=True)
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,

@@ -225,6 +225,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the "
                           f"{dist_info.world_size} processes; choose a multiple")
 
+    ckpt = newest_checkpoint(run_dir, say) if resuming else None  # fail before loading data
     data = load_data(cfg)
     n_train = len(data.train[1])
     steps_per_epoch = n_train // cfg.batch_size
@@ -239,8 +240,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     scaler = (torch.amp.GradScaler(dist_info.device.type) if cfg.precision == "fp16" else None)
 
     progress = Progress()
-    if resuming:
-        ckpt = newest_checkpoint(run_dir, say)
+    if ckpt is not None:
         restore(ckpt, model, optimizer, scheduler, scaler)
         progress = Progress(**ckpt.meta["progress"])
         say(f"resuming {run_dir} from {ckpt.path.name} (epoch {progress.epoch + 1}, "
@@ -295,13 +295,13 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
             for step in bar if bar is not None else steps:
                 batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                batch = batch[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank]
-                seed = step_seed(cfg.seed, epoch, step, dist_info.rank)
+                part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
                 x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
-                                  augment=cfg.augment,
-                                  generator=torch.Generator().manual_seed(seed),
-                                  device=dist_info.device)
-                torch.manual_seed(seed)  # dropout masks depend on the step only
+                                  augment=cfg.augment, device=dist_info.device, part=part,
+                                  generator=torch.Generator().manual_seed(
+                                      step_seed(cfg.seed, epoch, step)))
+                # dropout masks depend on the step (and rank) only
+                torch.manual_seed(step_seed(cfg.seed, epoch, step, dist_info.rank))
                 loss, correct = train_step(net, x, y, optimizer, scheduler,
                                            precision=cfg.precision, scaler=scaler)
                 loss_value = loss.item()
