@@ -1,0 +1,121 @@
+"""How local and how convolution-like is each attention head of a trained model?
+
+Prints one row per (layer, head): mean attention distance (tokens and input pixels), entropy
+(nats), convolution-likeness (mass on the most-attended relative offset, 1.0 for a converted
+convolution) with that offset, and the Gaussian centre and width of quadratic heads; then the
+per-layer averages. Writes locality.csv and locality.json to --out. Positional-only models need
+no images; content attention is averaged over the first --images test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+NAME = "locality"
+HELP = "attention distance, entropy and convolution-likeness per layer and head"
+
+TABLE = {"layer": "layer", "head": "head", "mean_distance": "dist (tok)",
+         "mean_distance_px": "dist (px)", "entropy": "entropy", "conv_likeness": "conv-like",
+         "offset": "offset", "center": "centre", "width": "alpha / eig(Sigma^-1)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoint, number of images, data directory, output directory, margin."""
+    parser.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory "
+                                           "(its best checkpoint is used)")
+    parser.add_argument("--images", type=int, default=100,
+                        help="test images to average content attention over (default 100; "
+                             "positional-only models use none)")
+    parser.add_argument("--data-dir", help="directory holding the dataset files (default: the "
+                                           "one the run was trained with)")
+    parser.add_argument("--out", type=Path,
+                        help="output directory for locality.csv and locality.json (default: "
+                             "the run directory, or the checkpoint's directory)")
+    parser.add_argument("--margin", type=int, default=0,
+                        help="ignore queries closer than this many tokens to the border "
+                             "(default 0: all queries, ViT's measure)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_row(row: dict[str, Any]) -> dict[str, str]:
+    """The printed form of one row of :func:`attnconv.analysis.compute_locality`."""
+    if row["center_row"] is None:
+        centre, width = "-", "-"
+    else:
+        centre = f"({row['center_row']:+.2f}, {row['center_col']:+.2f})"
+        width = (f"{row['alpha']:.3g}" if row["alpha"] is not None else
+                 f"{row['inv_cov_eig_min']:.3g} / {row['inv_cov_eig_max']:.3g}")
+    return {"layer": str(row["layer"]), "head": str(row["head"]),
+            "mean_distance": _fmt(row["mean_distance"]),
+            "mean_distance_px": _fmt(row["mean_distance_px"]),
+            "entropy": _fmt(row["entropy"]), "conv_likeness": _fmt(row["conv_likeness"]),
+            "offset": f"({row['offset_row']:+d}, {row['offset_col']:+d})",
+            "center": centre, "width": width}
+
+
+def layer_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-layer averages of the distance, entropy and convolution-likeness over the heads."""
+    out = []
+    for layer in sorted({r["layer"] for r in rows}):
+        group = [r for r in rows if r["layer"] == layer]
+        mean = {k: sum(r[k] for r in group) / len(group)
+                for k in ("mean_distance", "mean_distance_px", "entropy", "conv_likeness")}
+        out.append({"layer": str(layer), "heads": str(len(group)),
+                    **{TABLE[k]: _fmt(v) for k, v in mean.items()}})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows to CSV, one column per key; None is an empty cell."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, compute the metrics, print the tables, write CSV and JSON."""
+    from attnconv.analysis import (
+        attention_layers,
+        compute_locality,
+        load_test_images,
+        token_stride,
+    )
+    from attnconv.analysis.figures import run_directory
+    from attnconv.theorem import format_table
+    from attnconv.train.model_io import load_model
+
+    model, meta = load_model(args.checkpoint)
+    layers = [layer for _, layer in attention_layers(model)]
+    needs_images = any(not layer.positional_only for layer in layers)
+    images = None
+    if needs_images:
+        images, _ = load_test_images(meta, args.images, args.data_dir)
+    rows = compute_locality(model, images, batch_size=args.batch_size, margin=args.margin)
+    stride = token_stride(model)
+    source = (f"{len(images)} {meta['dataset']} test images" if images is not None
+              else "positional attention (no image needed)")
+    print(f"{meta['model']}: {len(layers)} attention layers, {rows[0]['grid_rows']}x"
+          f"{rows[0]['grid_cols']} tokens, 1 token = {stride} input pixels; {source}")
+    print(format_table([{TABLE[k]: v for k, v in table_row(r).items()} for r in rows]))
+    print("\nper layer (mean over heads):")
+    print(format_table(layer_means(rows)))
+    run_dir = run_directory(args.checkpoint)
+    out = args.out or run_dir or Path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "locality.csv", rows)
+    report = {"checkpoint": str(args.checkpoint), "model": meta["model"],
+              "dataset": meta["dataset"], "images": 0 if images is None else len(images),
+              "token_stride": stride, "margin": args.margin, "rows": rows}
+    (out / "locality.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out / 'locality.csv'} and {out / 'locality.json'}")
+    return 0

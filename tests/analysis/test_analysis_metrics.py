@@ -1,0 +1,155 @@
+"""Locality metrics on hand-made attention, against loops, and on a converted convolution."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from attnconv.analysis import (
+    attention_entropy,
+    compute_locality,
+    conv_likeness,
+    mean_distance,
+    offset_mass,
+    record_attention,
+)
+from attnconv.layers import SelfAttention2d
+from attnconv.models import create_model
+from attnconv.theorem import conv_to_attention
+
+H, W = 5, 6
+
+
+def one_hot(shift: tuple[int, int], b: int = 2) -> Tensor:
+    """Every query on ``clamp(q + shift)``: ``(b, 1, H, W, H, W)``."""
+    a = torch.zeros(b, 1, H, W, H, W, dtype=torch.float64)
+    for i, j in itertools.product(range(H), range(W)):
+        k = min(max(i + shift[0], 0), H - 1)
+        l = min(max(j + shift[1], 0), W - 1)
+        a[:, 0, i, j, k, l] = 1.0
+    return a
+
+
+def test_one_hot_shift() -> None:
+    a = one_hot((1, -2))
+    likeness, offsets = conv_likeness(a)
+    assert likeness.tolist() == [1.0]
+    assert offsets.tolist() == [[1, -2]]
+    # Queries at least 2 from the border all reach q + (1, -2): exact distance sqrt(5).
+    assert mean_distance(a, margin=2).item() == pytest.approx(math.sqrt(5), abs=1e-12)
+    assert attention_entropy(a).tolist() == [0.0]
+    mass = offset_mass(a)  # (1, 2H - 1, 2W - 1)
+    assert mass.shape == (1, 2 * H - 1, 2 * W - 1)
+    assert mass[0, 1 + H - 1, -2 + W - 1] == 1.0
+    assert torch.isnan(mass).sum() == 0  # every offset has some query on a 5x6 grid
+
+
+def test_uniform_attention() -> None:
+    a = torch.full((3, 2, H, W, H, W), 1.0 / (H * W), dtype=torch.float64)
+    assert torch.allclose(attention_entropy(a), torch.full((2,), math.log(H * W), dtype=a.dtype))
+    likeness, _ = conv_likeness(a)
+    assert torch.allclose(likeness, torch.full((2,), 1.0 / (H * W), dtype=a.dtype))
+    # Mean distance: the average distance between two pixels of the grid.
+    pairs = list(itertools.product(itertools.product(range(H), range(W)), repeat=2))
+    expected = sum(math.dist(p, q) for p, q in pairs) / len(pairs)
+    assert torch.allclose(mean_distance(a), torch.full((2,), expected, dtype=a.dtype))
+
+
+def test_two_offsets_half_each() -> None:
+    a = 0.5 * one_hot((0, 0)) + 0.5 * one_hot((0, 1))  # self and right neighbour
+    # Away from the last column both offsets exist: mass 1/2 on each, entropy log 2.
+    assert conv_likeness(a, margin=1)[0].item() == pytest.approx(0.5)
+    assert attention_entropy(a, margin=1).item() == pytest.approx(math.log(2))
+    assert mean_distance(a, margin=1).item() == pytest.approx(0.5)
+
+
+def reference_metrics(a: Tensor, margin: int) -> tuple[list[float], list[float], list[float]]:
+    """The definitions, one query and one key at a time."""
+    b, heads, h, w = a.shape[:4]
+    queries = [(i, j) for i in range(margin, h - margin) for j in range(margin, w - margin)]
+    dist, ent, like = [], [], []
+    for head in range(heads):
+        d = e = 0.0
+        for n, (i, j) in itertools.product(range(b), queries):
+            for k, l in itertools.product(range(h), range(w)):
+                p = float(a[n, head, i, j, k, l])
+                d += p * math.hypot(k - i, l - j)
+                e -= p * math.log(p) if p > 0 else 0.0
+        dist.append(d / (b * len(queries)))
+        ent.append(e / (b * len(queries)))
+        best = 0.0
+        for dr in range(-((h - 1) // 2), (h - 1) // 2 + 1):
+            for dc in range(-((w - 1) // 2), (w - 1) // 2 + 1):
+                vals = [float(a[n, head, i, j, i + dr, j + dc]) for n in range(b)
+                        for i, j in queries if 0 <= i + dr < h and 0 <= j + dc < w]
+                if vals:
+                    best = max(best, sum(vals) / len(vals))
+        like.append(best)
+    return dist, ent, like
+
+
+@pytest.mark.parametrize("margin", [0, 1])
+def test_random_attention_against_loops(margin: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 2, 3, 4, 3 * 4, generator=g, dtype=torch.float64)
+    a = logits.softmax(-1).view(2, 2, 3, 4, 3, 4)
+    dist, ent, like = reference_metrics(a, margin)
+    assert torch.allclose(mean_distance(a, margin=margin), torch.tensor(dist, dtype=a.dtype))
+    assert torch.allclose(attention_entropy(a, margin=margin), torch.tensor(ent, dtype=a.dtype))
+    assert torch.allclose(conv_likeness(a, margin=margin)[0], torch.tensor(like, dtype=a.dtype))
+
+
+def test_converted_convolution_is_a_perfect_convolution() -> None:
+    torch.manual_seed(0)
+    module = conv_to_attention(nn.Conv2d(2, 3, 3, padding=1))
+    x = torch.randn(2, 2, 6, 6)
+    (attn,) = record_attention(module, x)  # (2, 9, 8, 8, 8, 8), padded grid
+    offsets = [(a - 1, b - 1) for a in range(3) for b in range(3)]  # head order, row-major
+    likeness, found = conv_likeness(attn)
+    assert likeness.tolist() == [1.0] * 9
+    assert found.tolist() == [list(o) for o in offsets]
+    # The conv's own queries (1 token inside the padding) attend exactly at distance |Delta|.
+    expected = torch.tensor([math.hypot(*o) for o in offsets])
+    assert torch.allclose(mean_distance(attn, margin=1), expected, atol=1e-6)
+    assert torch.allclose(attention_entropy(attn, margin=1), torch.zeros(9), atol=1e-6)
+    rows = compute_locality(module, x, margin=1)
+    assert [r["conv_likeness"] for r in rows] == [1.0] * 9
+    assert [(r["offset_row"], r["offset_col"]) for r in rows] == offsets
+    assert [(round(r["center_row"]), round(r["center_col"])) for r in rows] == offsets
+    assert all(r["alpha"] == pytest.approx(104.7, abs=0.1) for r in rows)
+    assert [r["mean_distance"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_compute_locality_positional_without_images() -> None:
+    torch.manual_seed(0)
+    model = create_model("sa-quadratic-full", in_chans=1, image_size=16, hidden_size=16,
+                         num_layers=2, heads=4, ffn_size=16)
+    rows = compute_locality(model)
+    assert len(rows) == 8 and [r["layer"] for r in rows] == [0] * 4 + [1] * 4
+    assert all(r["images"] == 0 and r["grid_rows"] == 8 and r["alpha"] is None for r in rows)
+    assert all(r["mean_distance_px"] == pytest.approx(2 * r["mean_distance"]) for r in rows)
+    assert all(0 < r["inv_cov_eig_min"] <= r["inv_cov_eig_max"] for r in rows)
+    assert all(r["entropy_uniform"] == pytest.approx(math.log(64)) for r in rows)
+    # With images the positional layers give the same numbers (maps do not depend on them).
+    with_images = compute_locality(model, torch.randn(3, 1, 16, 16))
+    for a, b in zip(rows, with_images, strict=True):
+        assert a["mean_distance"] == pytest.approx(b["mean_distance"], rel=1e-6)
+        assert a["conv_likeness"] == pytest.approx(b["conv_likeness"], rel=1e-6)
+
+
+def test_compute_locality_content_needs_images() -> None:
+    model = create_model("sa-learned-content", in_chans=1, image_size=8, hidden_size=8,
+                         num_layers=1, heads=2, ffn_size=8)
+    with pytest.raises(ValueError, match="pass images"):
+        compute_locality(model)
+    rows = compute_locality(model, torch.randn(5, 1, 8, 8), batch_size=2)
+    assert [r["images"] for r in rows] == [5, 5] and rows[0]["center_row"] is None
+    with pytest.raises(ValueError, match="grid"):
+        compute_locality(SelfAttention2d(4, 2))
+    assert len(compute_locality(SelfAttention2d(4, 2), grid=(3, 3))) == 2
+    with pytest.raises(ValueError, match="margin"):
+        mean_distance(torch.full((1, 1, 3, 3, 3, 3), 1 / 9), margin=2)
