@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 demo: $(STAMP)
-	$(BIN)/attnconv demo
+	$(BIN)/attnconv demo --overwrite
 
 bench: $(STAMP)
 	$(BIN)/attnconv bench
