@@ -45,7 +45,7 @@ class SANetConfig:
     downsample: int = 2  # space-to-depth factor r (1: one token per pixel)
     hidden_size: int = 400
     num_layers: int = 6
-    heads: int = 9
+    heads: int | list[int] = 9  # per layer when a list (e.g. after pruning degenerate heads)
     ffn_size: int = 512  # intermediate width of the feed-forward block
     dropout: float = 0.1  # hidden dropout after the attention Dense and the FFN
     attn_dropout: float = 0.1  # dropout on the attention probabilities
@@ -58,8 +58,17 @@ class SANetConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
             self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if isinstance(self.heads, list | tuple):
+            self.heads = [int(h) if _is_int(h) else h for h in self.heads]
+            if len(self.heads) != self.num_layers or not all(
+                    _is_int(h) and h >= 1 for h in self.heads):
+                raise ConfigError(f"heads must be a positive integer or a list of "
+                                  f"num_layers={self.num_layers} positive integers, got "
+                                  f"{self.heads!r}")
+        elif not _is_int(self.heads) or self.heads < 1:
+            raise ConfigError(f"heads must be a positive integer, got {self.heads!r}")
         for name in ("num_classes", "in_chans", "downsample", "hidden_size", "num_layers",
-                     "heads", "ffn_size"):
+                     "ffn_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -95,6 +104,10 @@ class SANetConfig:
             raise ConfigError(f"learned encoding with content splits each query into a row and "
                               f"a column half; qk_dim must be even, got {self.attention_qk_dim}")
 
+    def layer_heads(self, index: int) -> int:
+        """Number of heads of layer ``index``."""
+        return self.heads[index] if isinstance(self.heads, list) else self.heads
+
     @property
     def grid_size(self) -> tuple[int, int]:
         """Token grid ``(H / r, W / r)`` of a training image."""
@@ -115,11 +128,11 @@ class TransformerLayer(nn.Module):
     own output projection ``W_out: heads * D -> D``; ``Dense`` is BERT's extra ``D -> D``.
     """
 
-    def __init__(self, config: SANetConfig) -> None:
+    def __init__(self, config: SANetConfig, heads: int) -> None:
         super().__init__()
         d = config.hidden_size
         self.attn = SelfAttention2d(
-            d, config.heads, encoding=config.encoding, content=config.content,
+            d, heads, encoding=config.encoding, content=config.content,
             attn_dropout=config.attn_dropout, qk_dim=config.attention_qk_dim,
             max_size=config.grid_size, pos_dim=config.pos_dim or d)
         self.attn_dense = nn.Linear(d, d)
@@ -150,7 +163,8 @@ class SANet(ImageClassifier):
         r = config.downsample
         self.space_to_depth = SpaceToDepth(r)
         self.embed = nn.Linear(config.in_chans * r * r, config.hidden_size)
-        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerLayer(config, config.layer_heads(i))
+                                    for i in range(config.num_layers))
         self.head = nn.Linear(config.hidden_size, config.num_classes)
 
     def check_input(self, x: Tensor) -> tuple[int, int]:

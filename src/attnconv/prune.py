@@ -1,0 +1,124 @@
+"""Degenerate-head pruning for Gaussian attention (PAPER section 5, non-isotropic appendix).
+
+After training, some full-covariance heads degenerate: ``Sigma^-1`` becomes tiny (the Gaussian
+covers the whole image: near-uniform averaging) or singular (a line). The paper pruned such heads
+(15 of 54) and fine-tuned without losing accuracy. Here a head is *degenerate* when
+
+* the largest eigenvalue of ``Sigma^-1`` is below ``min_precision`` (its narrowest width
+  ``sigma = 1/sqrt(lambda_max)`` is wider than ``1/sqrt(min_precision)`` tokens), or
+* the condition number ``lambda_max / lambda_min`` of ``Sigma^-1`` exceeds ``max_condition``.
+
+Pruning physically removes the heads: a new ``SelfAttention2d`` with the kept heads only, the
+matching columns of ``W_out`` (and rows of the value/query/key projections), nothing reset.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attnconv.layers import SelfAttention2d
+
+DEFAULT_MIN_PRECISION = 1e-2
+DEFAULT_MAX_CONDITION = 1e3
+
+
+@dataclass(frozen=True)
+class HeadVerdict:
+    """One Gaussian head and whether it is kept."""
+
+    layer: int
+    head: int
+    center_row: float
+    center_col: float
+    eig_min: float  # eigenvalues of Sigma^-1
+    eig_max: float
+    condition: float
+    keep: bool
+    reason: str
+
+
+def head_verdicts(model: nn.Module, *, min_precision: float = DEFAULT_MIN_PRECISION,
+                  max_condition: float = DEFAULT_MAX_CONDITION) -> list[HeadVerdict]:
+    """Classify every head of every quadratic attention layer of ``model`` (in model order)."""
+    rows = []
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention2d)]
+    for i, layer in enumerate(layers):
+        if not layer.encoding_name.startswith("quadratic"):
+            raise TypeError(f"pruning needs quadratic attention; layer {i} uses "
+                            f"encoding={layer.encoding_name!r}")
+        g = layer.gaussian_parameters()
+        eigs = torch.linalg.eigvalsh(g.inv_covariance.double())  # (heads, 2), ascending
+        for h in range(layer.heads):
+            lo, hi = max(float(eigs[h, 0]), 0.0), float(eigs[h, 1])
+            cond = hi / lo if lo > 0 else float("inf")
+            reason = ""
+            if hi < min_precision:
+                reason = f"too wide: largest eigenvalue {hi:.3g} < {min_precision:g}"
+            elif cond > max_condition:
+                reason = f"degenerate: condition number {cond:.3g} > {max_condition:g}"
+            rows.append(HeadVerdict(i, h, float(g.centers[h, 0]), float(g.centers[h, 1]), lo, hi,
+                                    cond, not reason, reason or "kept"))
+    return rows
+
+
+def select_heads(layer: SelfAttention2d, keep: list[int]) -> SelfAttention2d:
+    """A copy of ``layer`` with only the heads ``keep`` (their parameters copied exactly)."""
+    if not keep:
+        raise ValueError("cannot prune every head of a layer; keep at least one (raise "
+                         "min_precision / lower max_condition thresholds to keep more)")
+    if any(not 0 <= h < layer.heads for h in keep):
+        raise ValueError(f"head indices {keep} out of range for {layer.heads} heads")
+    new = copy.deepcopy(layer)
+    idx = torch.tensor(keep)
+    new.heads = len(keep)
+    enc = new.encoding
+    with torch.no_grad():
+        if enc is not None:
+            enc.heads = len(keep)
+            for name in ("centers", "log_alpha", "s", "row_score", "col_score"):
+                if hasattr(enc, name):
+                    setattr(enc, name, nn.Parameter(getattr(enc, name)[idx].clone()))
+
+        def rows_of_heads(linear: nn.Linear, width: int) -> nn.Linear:
+            out = nn.Linear(linear.in_features, len(keep) * width)
+            w = linear.weight.view(layer.heads, width, -1)[idx]  # (kept, width, in)
+            out.weight.copy_(w.reshape(-1, linear.in_features))
+            out.bias.copy_(linear.bias.view(layer.heads, width)[idx].reshape(-1))
+            return out.to(linear.weight)
+
+        if new.value is not None:
+            new.value = rows_of_heads(layer.value, layer.head_dim)
+        if new.query is not None and new.key is not None:
+            new.query = rows_of_heads(layer.query, layer.qk_dim)
+            new.key = rows_of_heads(layer.key, layer.qk_dim)
+        out = nn.Linear(len(keep) * layer.head_dim, layer.out_dim)
+        w = layer.out.weight.view(layer.out_dim, layer.heads, layer.head_dim)[:, idx]
+        out.weight.copy_(w.reshape(layer.out_dim, -1))
+        out.bias.copy_(layer.out.bias)
+        new.out = out.to(layer.out.weight)
+    return new
+
+
+def prune_model(model: nn.Module, verdicts: list[HeadVerdict]) -> nn.Module:
+    """A copy of ``model`` whose attention layers keep only the heads ``verdicts`` keep.
+
+    For the paper's network (``model.config.heads``) the per-layer head counts are recorded in
+    the config, so a checkpoint of the pruned model can be rebuilt with ``create_model``.
+    """
+    pruned = copy.deepcopy(model)
+    parents = [(parent, name) for parent in pruned.modules()
+               for name, child in parent.named_children() if isinstance(child, SelfAttention2d)]
+    counts = []
+    for i, (parent, name) in enumerate(parents):
+        keep = [v.head for v in verdicts if v.layer == i and v.keep]
+        layer = select_heads(getattr(parent, name), keep)
+        setattr(parent, name, layer)
+        counts.append(layer.heads)
+    config = getattr(pruned, "config", None)
+    if config is not None and hasattr(config, "heads"):
+        config.heads = counts
+    return pruned
