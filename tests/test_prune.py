@@ -52,3 +52,40 @@ def test_verdicts_flag_wide_and_degenerate_heads() -> None:
     with pytest.raises(TypeError, match="quadratic"):
         head_verdicts(create_model("sa-learned", in_chans=1, image_size=8, hidden_size=8,
                                    num_layers=1, heads=2, ffn_size=8))
+
+
+def test_prune_command_writes_a_resumable_run_and_fine_tunes(tmp_path) -> None:
+    import json
+
+    from attnconv.cli import main
+    from attnconv.train import load_checkpoint, save_checkpoint, train
+    from attnconv.train.config import config_from_dict
+
+    cfg = config_from_dict({"model": "sa-quadratic-full", "dataset": "embedded",
+                            "train_subset": 100, "val_fraction": 0.02, "batch_size": 50,
+                            "epochs": 1, "threads": 1, "out_dir": str(tmp_path), "name": "full",
+                            "model_args": {"hidden_size": 8, "num_layers": 2, "heads": 3,
+                                           "ffn_size": 8, "attn_dropout": 0.0}})
+    train(cfg, log=lambda _m: None)
+    # Make head 0 of layer 0 singular (Sigma^-1 = diag(1, 1e-8)): the only degenerate head.
+    best = tmp_path / "full" / "checkpoints" / "best.safetensors"
+    ckpt = load_checkpoint(best)
+    s = ckpt.tensors["model.layers.0.attn.encoding.s"].clone()
+    s[0] = torch.diag(torch.tensor([1.0, 1e-4]))
+    for h in range(1, 3):
+        s[h] = torch.eye(2)
+    ckpt.tensors["model.layers.0.attn.encoding.s"] = s
+    ckpt.tensors["model.layers.1.attn.encoding.s"] = torch.eye(2).repeat(3, 1, 1)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "sha256")}
+    save_checkpoint(best, ckpt.tensors, meta)
+    dry = tmp_path / "dry"
+    assert main(["prune", str(tmp_path / "full"), "--out", str(dry), "--dry-run"]) == 0
+    assert not dry.exists()
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tmp_path / "full"), "--out", str(out), "--finetune-epochs", "1"]) == 0
+    verdicts = json.loads((out / "pruning.json").read_text())
+    assert [(v["layer"], v["head"]) for v in verdicts if not v["keep"]] == [(0, 0)]
+    last = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert last.meta["model_args"]["heads"] == [2, 3]
+    assert json.loads((out / "results.json").read_text())["epochs"] == 1
+    assert main(["prune", str(tmp_path / "full"), "--out", str(out)]) == 1  # never overwrites

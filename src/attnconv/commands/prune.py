@@ -1,0 +1,95 @@
+"""Prune degenerate Gaussian heads of a quadratic model, then (optionally) fine-tune.
+
+A head is degenerate when the largest eigenvalue of ``Sigma^-1`` is tiny (near-uniform
+attention) or its condition number is huge (a line); see :mod:`attnconv.prune`. The pruned
+model is written as a new run directory whose only checkpoint is the pruned weights (fresh
+optimiser, schedule over ``--finetune-epochs``): ``--finetune-epochs N`` trains it right away,
+and ``attnconv train --resume OUT`` does the same later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+NAME = "prune"
+HELP = "remove degenerate Gaussian heads (paper appendix) and fine-tune"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoint, thresholds, output run directory, fine-tuning length."""
+    from attnconv.prune import DEFAULT_MAX_CONDITION, DEFAULT_MIN_PRECISION
+
+    parser.add_argument("checkpoint", help="a quadratic model's checkpoint or run directory")
+    parser.add_argument("--out", required=True, help="new run directory for the pruned model")
+    parser.add_argument("--min-precision", type=float, default=DEFAULT_MIN_PRECISION,
+                        help="prune heads whose largest eigenvalue of Sigma^-1 is below this "
+                             f"(default {DEFAULT_MIN_PRECISION:g})")
+    parser.add_argument("--max-condition", type=float, default=DEFAULT_MAX_CONDITION,
+                        help="prune heads whose Sigma^-1 condition number exceeds this "
+                             f"(default {DEFAULT_MAX_CONDITION:g})")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="epochs of fine-tuning after pruning (0: only write the run)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="fine-tuning learning rate (default: the run's lr / 10)")
+    parser.add_argument("--dry-run", action="store_true", help="print the verdicts only")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify heads, write the pruned run, optionally fine-tune it."""
+    import torch
+
+    from attnconv.errors import ConfigError
+    from attnconv.prune import head_verdicts, prune_model
+    from attnconv.train import save_checkpoint, train
+    from attnconv.train.config import config_from_dict
+    from attnconv.train.model_io import load_model
+    from attnconv.train.state import capture
+
+    model, meta = load_model(args.checkpoint)
+    verdicts = head_verdicts(model, min_precision=args.min_precision,
+                             max_condition=args.max_condition)
+    print("| layer | head | centre (row, col) | eig min | eig max | condition | verdict |")
+    print("|---:|---:|---|---:|---:|---:|---|")
+    for v in verdicts:
+        print(f"| {v.layer} | {v.head} | ({v.center_row:+.2f}, {v.center_col:+.2f}) | "
+              f"{v.eig_min:.3g} | {v.eig_max:.3g} | {v.condition:.3g} | {v.reason} |")
+    pruned_count = sum(not v.keep for v in verdicts)
+    print(f"\n{pruned_count} of {len(verdicts)} heads are degenerate")
+    if args.dry_run:
+        return 0
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; choose a new --out directory")
+    pruned = prune_model(model, verdicts)
+    heads = [layer.heads for layer in pruned.attention_layers()]
+    cfg_dict = dict(meta["config"])
+    cfg_dict.update(name=out.name, out_dir=str(out.parent),
+                    model_args={**cfg_dict.get("model_args", {}), "heads": heads},
+                    epochs=max(args.finetune_epochs, 1),
+                    lr=args.lr if args.lr is not None else cfg_dict["lr"] / 10)
+    cfg = config_from_dict(cfg_dict)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    tensors, rng_meta = capture(pruned, None, None, None)
+    from attnconv.train.trainer import Progress
+
+    progress = asdict(Progress())
+    save_checkpoint(out / "checkpoints" / "step-00000000.safetensors", tensors,
+                    {**{k: v for k, v in meta.items() if k not in ("sha256", "format",
+                                                                    "optimizer", "scheduler",
+                                                                    "scaler", "progress")},
+                     **rng_meta, "config": cfg.to_dict(), "model_args": cfg.model_args,
+                     "progress": progress, "pruned_from": str(args.checkpoint),
+                     "pruned_heads": [asdict(v) for v in verdicts if not v.keep]})
+    (out / "pruning.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2))
+    print(f"pruned model ({heads} heads per layer, "
+          f"{sum(p.numel() for p in pruned.parameters()):,} parameters) written to {out}")
+    if args.finetune_epochs > 0:
+        torch.manual_seed(cfg.seed)
+        train(resume=out)
+    else:
+        print(f"fine-tune it with: attnconv train --resume {out}")
+    return 0
