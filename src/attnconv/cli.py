@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"attnconv {args.command}: error: {message} (run with --debug for a traceback)",
               file=sys.stderr)
-        return 1
+        return int(getattr(err, "exit_code", 1))  # e.g. 128 + signal for an interrupted run
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,3 +98,22 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     cfg = load_config(None, ["epochs=7", "model_args.hidden_size=16"])
     cfg.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr=.inf", "lr must be a finite number"),
+    ("lr=nan", "lr must be a finite number"),
+    ("threads=-1", "threads must be a positive integer or null"),
+    ("train_subset=abc", "train_subset must be a positive integer or null"),
+    ("dist_timeout_s=0", "dist_timeout_s must be a positive number"),
+    ("name=", "name must name the run directory"),
+    ("milestones=[a]", "milestones must be a list of epochs"),
+])
+def test_more_invalid_values(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    """YAML 1.1 reads ``1e6`` as a string; float keys accept it anyway."""
+    assert load_config(None, ["lr=1e6", "dist_timeout_s=1e2"]).lr == 1e6

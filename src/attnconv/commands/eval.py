@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "eval"
 HELP = "print test accuracy and loss of a checkpoint"
@@ -20,6 +21,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def check_compatible(model: Any, meta: dict[str, Any], dataset: str, images: Any,
+                     num_classes: int, device: Any) -> None:
+    """Refuse a dataset the checkpoint's model cannot evaluate, before evaluating.
+
+    Raises :class:`~attnconv.errors.ShapeError` (image shape) or
+    :class:`~attnconv.errors.ConfigError` (number of classes), naming both sides and the fix.
+    """
+    import torch
+
+    from attnconv.errors import ConfigError, ShapeError
+
+    trained = (f"{meta['model']} trained on {meta['dataset']} ({meta['in_chans']} channels, "
+               f"{'x'.join(map(str, meta['image_size']))})")
+    if num_classes != meta["num_classes"]:
+        raise ConfigError(f"{trained} predicts {meta['num_classes']} classes, {dataset} has "
+                          f"{num_classes}; evaluate it on a dataset with the same classes")
+    c, h, w = images.shape[1:]
+    try:
+        with torch.no_grad():
+            model(images[:1].float().to(device))
+    except ShapeError as err:
+        raise ShapeError(f"{trained} cannot take {dataset} images ({c} channels, {h}x{w}): "
+                         f"{err}; evaluate it on a dataset with images like its "
+                         f"own") from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     arrays = load_dataset(dataset, args.split, data_dir)
     images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(arrays.labels)
+    check_compatible(model, meta, dataset, images, arrays.num_classes, device)
     metrics = evaluate(model, images, labels, mean=meta["mean"], std=meta["std"],
                        batch_size=args.batch_size, device=device, precision=args.precision)
     row = {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,

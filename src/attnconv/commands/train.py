@@ -1,8 +1,10 @@
 """Train a model: ``attnconv train --config configs/paper/sa-quadratic.yaml [key=value ...]``.
 
 Overrides are ``key=value`` (values read as YAML; ``model_args.hidden_size=64`` nests).
-``--resume RUN_DIR`` continues a stopped run from its newest complete checkpoint. Under
+``--resume RUN_DIR`` continues a stopped run from its newest complete checkpoint. Ctrl-C or
+SIGTERM writes a checkpoint first and prints the resume command. Under
 ``torchrun --nproc_per_node N -m attnconv train ...`` it trains with DistributedDataParallel.
+What survives what: docs/reliability.md.
 """
 
 from __future__ import annotations

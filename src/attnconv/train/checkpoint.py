@@ -5,7 +5,8 @@ One file holds a whole training state: ``model.*`` weights, ``optim.*`` optimise
 the configuration, progress counters, scheduler/optimiser hyper-parameters and a SHA-256 of the
 tensor bytes. Nothing is unpickled on load. A file is written to a temporary name in the same
 directory, flushed, fsynced and renamed, so a crash never leaves a half-written checkpoint under
-a real name and never replaces a good one.
+a real name and never replaces a good one; the temporary files a killed write leaves behind
+(``.NAME.*.tmp``) are found and removed by :func:`remove_stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from attnconv.errors import CheckpointError
 
 FORMAT = "attnconv-checkpoint/1"
 META_KEY = "attnconv"
+TMP_GLOB = ".*.tmp"  # what atomic_write_bytes names its temporary files
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 @dataclass
@@ -90,16 +93,41 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files killed writes left in ``directory``; return their paths.
+
+    Only call this when no other process is writing into ``directory`` (e.g. on resume).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(p for p in directory.glob(TMP_GLOB) if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor],
                     meta: dict[str, Any]) -> None:
-    """Save ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically."""
+    """Save ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically.
+
+    Raises :class:`CheckpointError` (an ``OSError``) naming the file when it cannot be written
+    (a full disk, no permission); whatever ``path`` held before is then unchanged.
+    """
+    path = Path(path)
     flat = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
     doc = {"format": FORMAT, "sha256": _digest(flat), **meta}
     try:
         header = json.dumps(doc)
     except TypeError as err:
         raise TypeError(f"checkpoint metadata is not JSON-serialisable: {err}") from err
-    atomic_write_bytes(path, st_save(flat, metadata={META_KEY: header}))
+    try:
+        atomic_write_bytes(path, st_save(flat, metadata={META_KEY: header}))
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write the checkpoint {path}: {err.strerror or err}; free space (or fix "
+            f"the permissions) in {path.parent}; the checkpoints already there are intact"
+        ) from err
 
 
 def _read_header_meta(data: bytes, path: Path) -> dict[str, Any]:
@@ -117,6 +145,22 @@ def _read_header_meta(data: bytes, path: Path) -> dict[str, Any]:
                               f"metadata)") from err
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, reading only its header (not the tensors).
+
+    Raises :class:`CheckpointError` naming the file if the header is unreadable.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            data = head + f.read(n) if 0 < n <= _MAX_HEADER else head
+    except OSError as err:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from err
+    return _read_header_meta(data, path)
+
+
 def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint` (no unpickling).
 
@@ -127,7 +171,10 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from err
     meta = _read_header_meta(data, path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")

@@ -6,8 +6,10 @@ resolved configuration is saved in the run directory (``config.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,8 @@ class TrainConfig:
     deterministic: bool = False
     threads: int | None = None
     checkpoint_every_steps: int = 0  # 0: only at the end of every epoch
-    keep_last: int = 2
+    keep_last: int = 2  # step-*.safetensors kept; last and best are never pruned
+    dist_timeout_s: float = 300.0  # how long a collective waits for a dead or stuck worker
     record_heads: bool = True
     out_dir: str = "runs"
 
@@ -61,8 +64,15 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("lr", "momentum", "weight_decay", "gamma", "val_fraction",
+                    "warmup_fraction", "dist_timeout_s"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr!r} (the paper uses lr=0.1)")
+        if not self.gamma > 0:
+            raise ConfigError(f"gamma must be positive, got {self.gamma!r}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
@@ -71,11 +81,24 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if not self.dist_timeout_s > 0:
+            raise ConfigError(f"dist_timeout_s must be a positive number of seconds, got "
+                              f"{self.dist_timeout_s!r}")
         if self.checkpoint_every_steps < 0:
             raise ConfigError("checkpoint_every_steps must be >= 0 (0 = once per epoch)")
-        if self.train_subset is not None and self.train_subset <= 0:
-            raise ConfigError(f"train_subset must be a positive integer or null, got "
-                              f"{self.train_subset!r}")
+        for key in ("train_subset", "threads"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value <= 0):
+                raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.name, str) or self.name.strip() in ("", ".", ".."):
+            raise ConfigError(f"name must name the run directory under out_dir, got "
+                              f"{self.name!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a path or null, got {self.data_dir!r}")
+        if not isinstance(self.milestones, list) or not all(
+                isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
+            raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
         for key, choices in (("precision", PRECISIONS), ("schedule", SCHEDULES),
                              ("device", DEVICES)):
             if getattr(self, key) not in choices:
@@ -90,8 +113,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the resolved configuration as YAML."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the resolved configuration as YAML (atomically: never half a file)."""
+        from attnconv.train.checkpoint import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -115,6 +140,9 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)

@@ -77,3 +77,15 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def any_rank(flags: list[bool], info: DistInfo) -> list[bool]:
+    """For each flag, whether it is set on at least one rank (every rank gets the same answer).
+
+    The run loop asks this every step ("was a stop signal received?", "is the loss
+    non-finite?") so that all ranks stop at the same step instead of one rank leaving while the
+    others wait in the next collective.
+    """
+    if not info.distributed:
+        return list(flags)
+    return [total > 0 for total in all_reduce_sum([float(f) for f in flags], info)]

@@ -6,12 +6,26 @@ Files in the run directory (``out_dir/name``), written by rank 0 only, each atom
 (every epoch), ``checkpoints/best.safetensors`` (best validation accuracy),
 ``checkpoints/step-*.safetensors`` (every ``checkpoint_every_steps``, last ``keep_last`` kept) and
 ``results.json`` (test accuracy of the best checkpoint).
+
+What survives what (docs/reliability.md lists the tests):
+
+* SIGKILL / power loss at any moment: checkpoints are written atomically, a resume starts from
+  the newest complete one (falling back past corrupted ones, removing unfinished temporary
+  files) and, because every step draws its randomness from ``step_seed``, ends bit-identical
+  to an uninterrupted run (with ``deterministic=true``).
+* SIGINT / SIGTERM: the step in progress finishes, a checkpoint is written, the run exits with
+  :class:`TrainingInterrupted` saying how to resume.
+* A NaN/inf loss or non-finite weights: :class:`TrainingDiverged`, nothing more is saved.
+* A dead or stuck worker under ``torchrun``: collectives fail after ``dist_timeout_s`` at most,
+  :class:`WorkerFailed` names the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -24,27 +38,60 @@ import torch
 from torch import Tensor, nn
 
 from attnconv.data import compute_stats, dataset_stats, load_dataset, train_val_split
-from attnconv.errors import AttnconvError, CheckpointError, ConfigError
+from attnconv.errors import AttnconvError, CheckpointError, ConfigError, ShapeError
 from attnconv.layers import SelfAttention2d
 from attnconv.models import create_model
 from attnconv.train import distributed
 from attnconv.train.checkpoint import (
+    Checkpoint,
     atomic_write_text,
     load_checkpoint,
+    read_meta,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from attnconv.train.config import TrainConfig, load_config
-from attnconv.train.engine import epoch_order, evaluate, make_batch, step_seed, train_step
+from attnconv.train.engine import (
+    autocast,
+    epoch_order,
+    evaluate,
+    make_batch,
+    step_seed,
+    train_step,
+)
+from attnconv.train.model_io import model_kwargs
 from attnconv.train.optim import make_optimizer, make_scheduler
 from attnconv.train.state import capture, restore, unwrap
 
+#: Test hook (used by tests/test_reliability_distributed.py, never set it otherwise): the
+#: process of rank ``$ATTNCONV_TEST_CRASH_RANK`` dies with ``os._exit(1)`` just before global
+#: step ``$ATTNCONV_TEST_CRASH_STEP``, as a worker killed by the kernel would.
+CRASH_RANK_ENV = "ATTNCONV_TEST_CRASH_RANK"
+CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
+
+STEP_PREFIX = "step-"
+PROTECTED = ("best.safetensors", "last.safetensors")  # never pruned
+
 
 class TrainingInterrupted(AttnconvError):
-    """Training stopped on Ctrl-C or SIGTERM after writing a checkpoint."""
+    """Training stopped on Ctrl-C or SIGTERM after writing a checkpoint.
+
+    ``exit_code`` is the shell's convention for the signal (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
 
 
 class TrainingDiverged(AttnconvError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WorkerFailed(AttnconvError, RuntimeError):
+    """A collective failed: another worker died, hung past ``dist_timeout_s``, or the network
+    between workers broke. The last complete checkpoint is intact and resumable."""
 
 
 @dataclass
@@ -79,6 +126,14 @@ class Data:
         c, h, w = self.train[0].shape[1:]
         return c, h, w
 
+    def train_fingerprint(self) -> str:
+        """SHA-256 of the training images and labels in split order (checked on resume)."""
+        h = hashlib.sha256()
+        for t in self.train:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
 
 def load_data(cfg: TrainConfig) -> Data:
     """Load train/test, hold out the validation split, convert to tensors."""
@@ -103,10 +158,33 @@ def load_data(cfg: TrainConfig) -> Data:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, shape: tuple[int, int, int]) -> nn.Module:
-    """The registry model for ``cfg`` at the data's shape."""
+    """The registry model for ``cfg`` at the data's shape (``model_args`` may set image_size)."""
     c, h, w = shape
-    return create_model(cfg.model, num_classes=num_classes, in_chans=c,
-                        image_size=h if h == w else (h, w), **cfg.model_args)
+    return create_model(cfg.model, **model_kwargs(cfg.model_args, num_classes=num_classes,
+                                                  in_chans=c, image_size=(h, w)))
+
+
+def check_model_takes_data(model: nn.Module, cfg: TrainConfig, data: Data,
+                           device: torch.device) -> None:
+    """One forward pass on one training image, before anything is written.
+
+    Raises :class:`ShapeError` naming the model, the data's image shape and the fix when the
+    model cannot take the images (e.g. ``model_args.image_size`` smaller than the data for
+    a learned encoding).
+    """
+    x, _ = make_batch(*data.train, torch.arange(1), mean=data.mean, std=data.std,
+                      augment=False, generator=None, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(device, cfg.precision):
+            model(x)
+    except ShapeError as err:
+        c, h, w = data.shape
+        raise ShapeError(f"{cfg.model} cannot take the {cfg.dataset} images ({c} channels, "
+                         f"{h}x{w}): {err}") from err
+    finally:
+        model.train(was_training)
 
 
 def gaussian_heads(model: nn.Module) -> list[dict[str, Any]]:
@@ -127,43 +205,101 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Keep the rows of an append-only log that ``keep`` accepts (after a resume)."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines()
-                if line.strip() and keep(json.loads(line))]
-        atomic_write_text(path, "".join(r + "\n" for r in rows))
+    """Keep the rows of an append-only log that ``keep`` accepts (after a resume).
+
+    A line a killed process left half-written is dropped too.
+    """
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            rows.append(line)
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
-def newest_checkpoint(run_dir: Path, log: Callable[[str], None] = print) -> Any:
-    """The newest checkpoint of a run that loads cleanly, falling back to older ones."""
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The ``step-*.safetensors`` files of a run, oldest (lowest step) first."""
+    def number(path: Path) -> int:
+        digits = path.name[len(STEP_PREFIX):-len(".safetensors")]
+        return int(digits) if digits.isdigit() else -1
+
+    return sorted((p for p in ckpt_dir.glob(f"{STEP_PREFIX}*.safetensors")
+                   if p.name not in PROTECTED), key=number)
+
+
+def prune_step_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints; return the deleted paths.
+
+    Only ``step-*.safetensors`` files are ever deleted: ``best.safetensors`` and
+    ``last.safetensors`` are not candidates.
+    """
+    old = step_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []
+    for path in old:
+        if path.name not in PROTECTED:
+            path.unlink(missing_ok=True)
+    return old
+
+
+def newest_checkpoint(run_dir: Path, log: Callable[[str], None] = print, *,
+                      set_aside: bool = False) -> Checkpoint:
+    """The newest checkpoint of a run that loads cleanly, falling back to older ones.
+
+    Candidates are ``step-*``, ``last`` and (as a last resort) ``best``, ordered by training
+    progress. A corrupted or truncated one is skipped with a warning naming it; with
+    ``set_aside`` a damaged step checkpoint is renamed ``NAME.corrupt`` so that it is neither
+    resumed from nor counted by ``keep_last`` again.
+    """
     ckpt_dir = run_dir / "checkpoints"
-    candidates = [p for p in ckpt_dir.glob("*.safetensors") if p.name != "best.safetensors"]
+    candidates = list(ckpt_dir.glob("*.safetensors"))
     if not candidates:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}; nothing to resume (start the run "
                               f"without --resume)")
 
-    def order(p: Path) -> tuple[int, float]:
+    def order(p: Path) -> tuple[float, int, int, float]:
+        kind = {"last.safetensors": 2, "best.safetensors": 0}.get(p.name, 1)
         try:
-            step = int(load_checkpoint(p, verify=False).meta["progress"]["global_step"])
-        except (CheckpointError, KeyError, TypeError, ValueError):
-            step = -1
-        return step, p.stat().st_mtime
+            progress = read_meta(p)["progress"]
+            mtime = p.stat().st_mtime
+            return float(progress["global_step"]), int(progress["epoch"]), kind, mtime
+        except (CheckpointError, KeyError, TypeError, ValueError, OSError):
+            return math.inf, 0, kind, 0.0  # unreadable: tried (and reported) first
 
-    failures = []
+    failures: list[tuple[Path, str]] = []
     for path in sorted(candidates, key=order, reverse=True):
         try:
             ckpt = load_checkpoint(path)
-        except CheckpointError as err:
-            failures.append(str(err))
+            Progress(**ckpt.meta["progress"])
+        except (CheckpointError, KeyError, TypeError) as err:
+            reason = str(err) if isinstance(err, CheckpointError) else \
+                f"{path} lacks valid progress metadata ({err})"
+            failures.append((path, reason))
             continue
-        for message in failures:
-            log(f"warning: {message}; falling back to {path}")
+        for bad, reason in failures:
+            note = ""
+            if set_aside and bad.name.startswith(STEP_PREFIX):  # best/last: rewritten later
+                try:
+                    bad.replace(bad.with_name(bad.name + ".corrupt"))
+                    note = f" (kept as {bad.name}.corrupt)"
+                except OSError:
+                    pass
+            log(f"warning: {reason}; resuming from the previous complete checkpoint "
+                f"{path} instead{note}")
         return ckpt
-    raise CheckpointError("no complete checkpoint in " + str(ckpt_dir) + ": " + "; ".join(failures))
+    raise CheckpointError(f"no complete checkpoint in {ckpt_dir}: "
+                          + "; ".join(reason for _, reason in failures))
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only).
+
+    A second signal while the first is pending raises ``KeyboardInterrupt`` at once (checkpoint
+    writes are atomic, so even that loses nothing but the steps since the last checkpoint).
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -177,11 +313,25 @@ class _StopFlag:
         return self
 
     def _set(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
         self.signal = signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def _crash_step(rank: int) -> int | None:
+    """The global step before which this rank must die (test hook), or None."""
+    if os.environ.get(CRASH_RANK_ENV, "") != str(rank):
+        return None
+    return int(os.environ.get(CRASH_STEP_ENV, "0"))
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in unwrap(model).state_dict().values()
+               if t.is_floating_point())
 
 
 def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
@@ -190,6 +340,13 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
 
     ``resume`` continues the run in that directory from its newest complete checkpoint (its
     saved ``config.yaml`` is used; ``cfg`` must then be None).
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was written first.
+        TrainingDiverged: NaN/inf loss or weights; nothing was saved after the last good step.
+        WorkerFailed: under torchrun, another worker died or hung.
+        ConfigError, DatasetError, ShapeError, CheckpointError: bad input, before any file
+            is written (or, for a checkpoint write, leaving the previous ones intact).
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -202,7 +359,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     else:
         cfg = (cfg or TrainConfig()).validate()
         run_dir = Path(cfg.out_dir) / cfg.name
-    dist_info = distributed.setup(cfg.device)
+    dist_info = distributed.setup(cfg.device, cfg.dist_timeout_s)
     try:
         return _run(cfg, run_dir, resume is not None, dist_info, log, progress_bar)
     finally:
@@ -225,15 +382,24 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the "
                           f"{dist_info.world_size} processes; choose a multiple")
 
-    ckpt = newest_checkpoint(run_dir, say) if resuming else None  # fail before loading data
+    ckpt = None
+    if resuming:  # fail before loading data
+        if main:
+            stale = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(run_dir)
+            if stale:
+                say(f"removed {len(stale)} unfinished temporary file(s) left by an interrupted "
+                    f"write: {', '.join(p.name for p in stale)}")
+        ckpt = newest_checkpoint(run_dir, say, set_aside=main)
     data = load_data(cfg)
     n_train = len(data.train[1])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training "
                           f"images; lower batch_size")
+    fingerprint = data.train_fingerprint()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, len(data.classes), data.shape).to(dist_info.device)
+    check_model_takes_data(model, cfg, data, dist_info.device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
@@ -241,14 +407,21 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
 
     progress = Progress()
     if ckpt is not None:
+        saved = ckpt.meta.get("data", {}).get("train_sha256")
+        if saved is not None and saved != fingerprint:
+            raise CheckpointError(
+                f"the training data of {run_dir} changed since {ckpt.path} was written (other "
+                f"images or labels under dataset={cfg.dataset}, data_dir={cfg.data_dir}); "
+                f"resuming would not continue the same run: restore the original files or "
+                f"start a new run")
         restore(ckpt, model, optimizer, scheduler, scaler)
         progress = Progress(**ckpt.meta["progress"])
         say(f"resuming {run_dir} from {ckpt.path.name} (epoch {progress.epoch + 1}, "
             f"step {progress.step_in_epoch}/{steps_per_epoch})")
         if main:
             done = progress.epoch
-            _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r["epoch"] <= done)
-            _truncate_jsonl(run_dir / "heads.jsonl", lambda r: r["epoch"] <= done)
+            _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("epoch", 0) <= done)
+            _truncate_jsonl(run_dir / "heads.jsonl", lambda r: r.get("epoch", 0) <= done)
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
@@ -268,100 +441,150 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                    "num_classes": len(data.classes), "classes": data.classes,
                    "in_chans": data.shape[0], "image_size": list(data.shape[1:]),
                    "dataset": cfg.dataset, "mean": data.mean, "std": data.std}
+    last_good: Path | None = ckpt.path if ckpt is not None else None
+    where = {"epoch": progress.epoch, "step": progress.step_in_epoch}
+
+    def diverged(what: str, global_step: int) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {last_good} is intact" if last_good is not None
+                else "no checkpoint had been written yet")
+        fp32 = " or use precision=fp32" if cfg.precision != "fp32" else ""
+        return TrainingDiverged(
+            f"{what} at epoch {where['epoch'] + 1}, step {where['step']} (global step "
+            f"{global_step}); training stopped and nothing was saved after it; {kept}; "
+            f"lower lr (now {cfg.lr:g}){fp32} and start a new run")
 
     def save(path: Path) -> None:
+        """Save the full state to ``path`` (rank 0 writes; every rank checks the weights)."""
+        nonlocal last_good
+        if not _all_finite(model):
+            raise diverged("the weights became NaN or infinite", progress.global_step)
         if main:
             tensors, meta = capture(model, optimizer, scheduler, scaler)
-            save_checkpoint(path, tensors, {**meta, **meta_common, "progress": asdict(progress)})
+            data_position = {"n_train": n_train, "train_sha256": fingerprint,
+                             "epoch": progress.epoch,
+                             "position": progress.step_in_epoch * cfg.batch_size}
+            save_checkpoint(path, tensors, {**meta, **meta_common, "data": data_position,
+                                            "progress": asdict(progress)})
+        last_good = path
 
-    def save_step_checkpoint() -> None:
-        save(ckpt_dir / f"step-{progress.global_step:08d}.safetensors")
-        steps = sorted(ckpt_dir.glob("step-*.safetensors"))
-        for old in steps[:-cfg.keep_last] if main else []:
-            old.unlink(missing_ok=True)
+    def save_step_checkpoint() -> Path:
+        path = ckpt_dir / f"{STEP_PREFIX}{progress.global_step:08d}.safetensors"
+        save(path)
+        if main:
+            prune_step_checkpoints(ckpt_dir, cfg.keep_last)
+        return path
 
+    def interrupted(signum: int, path: Path) -> TrainingInterrupted:
+        name = signal.Signals(signum).name
+        return TrainingInterrupted(
+            f"interrupted by {name} at epoch {where['epoch'] + 1}, step {where['step']}; "
+            f"checkpoint saved to {path}; continue with: attnconv train --resume {run_dir}",
+            signum)
+
+    crash_at = _crash_step(dist_info.rank)
     per_rank = cfg.batch_size // dist_info.world_size
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
-        for epoch in range(progress.epoch, cfg.epochs):
-            net.train()
-            order = epoch_order(n_train, cfg.seed, epoch)
-            t0 = time.perf_counter()
-            steps = range(progress.step_in_epoch, steps_per_epoch)
-            bar = None
-            if use_bar and main:
-                from tqdm import tqdm
-                bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-            for step in bar if bar is not None else steps:
-                batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
-                x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
-                                  augment=cfg.augment, device=dist_info.device, part=part,
-                                  generator=torch.Generator().manual_seed(
-                                      step_seed(cfg.seed, epoch, step)))
-                # dropout masks depend on the step (and rank) only
-                torch.manual_seed(step_seed(cfg.seed, epoch, step, dist_info.rank))
-                loss, correct = train_step(net, x, y, optimizer, scheduler,
-                                           precision=cfg.precision, scaler=scaler)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint in {ckpt_dir} is kept (lower lr, or use "
-                        f"precision=fp32)")
-                progress.loss_sum += loss_value * len(y)
-                progress.correct += float(correct)
-                progress.seen += len(y)
-                progress.step_in_epoch = step + 1
-                progress.global_step += 1
-                if cfg.checkpoint_every_steps and (
-                        progress.global_step % cfg.checkpoint_every_steps == 0):
-                    save_step_checkpoint()
-                if stop.signal is not None:
-                    progress.train_time_s += time.perf_counter() - t0
-                    save_step_checkpoint()
-                    raise TrainingInterrupted(
-                        f"stopped by signal {stop.signal} at epoch {epoch + 1}, step {step + 1}; "
-                        f"checkpoint saved; continue with: attnconv train --resume {run_dir}")
-            epoch_time = time.perf_counter() - t0
-            progress.train_time_s += epoch_time
-            loss_sum, correct, seen = distributed.all_reduce_sum(
-                [progress.loss_sum, progress.correct, progress.seen], dist_info)
-            val = evaluate(model, *data.val, mean=data.mean, std=data.std,
-                           batch_size=cfg.eval_batch_size, device=dist_info.device,
-                           precision=cfg.precision, info=dist_info)
-            row = {"epoch": epoch + 1, "step": progress.global_step,
-                   "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                   "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                   "images_per_s": seen / max(epoch_time, 1e-9)}
-            improved = val["accuracy"] > progress.best_val_accuracy
-            if improved:
-                progress.best_val_accuracy, progress.best_epoch = val["accuracy"], epoch + 1
-            progress.epoch, progress.step_in_epoch = epoch + 1, 0
-            progress.loss_sum = progress.correct = progress.seen = 0.0
-            if main:
-                _append_jsonl(run_dir / "metrics.jsonl", row)
-                if cfg.record_heads and gaussian_heads(model):
-                    _append_jsonl(run_dir / "heads.jsonl",
-                                  {"epoch": epoch + 1, "layers": gaussian_heads(model)})
-            save(ckpt_dir / "last.safetensors")
-            if improved:
-                save(ckpt_dir / "best.safetensors")
-            say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} "
-                f"acc {row['val_accuracy']:.4f}  {row['images_per_s']:.0f} img/s")
+        try:
+            for epoch in range(progress.epoch, cfg.epochs):
+                net.train()
+                order = epoch_order(n_train, cfg.seed, epoch)
+                t0 = time.perf_counter()
+                steps = range(progress.step_in_epoch, steps_per_epoch)
+                bar = None
+                if use_bar and main:
+                    from tqdm import tqdm
+                    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+                for step in bar if bar is not None else steps:
+                    where.update(epoch=epoch, step=step + 1)
+                    if crash_at is not None and progress.global_step == crash_at:
+                        os._exit(1)  # test hook: die like a killed worker
+                    batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                    part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
+                    x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
+                                      augment=cfg.augment, device=dist_info.device, part=part,
+                                      generator=torch.Generator().manual_seed(
+                                          step_seed(cfg.seed, epoch, step)))
+                    # dropout masks depend on the step (and rank) only
+                    torch.manual_seed(step_seed(cfg.seed, epoch, step, dist_info.rank))
+                    loss, correct = train_step(net, x, y, optimizer, scheduler,
+                                               precision=cfg.precision, scaler=scaler)
+                    loss_value = loss.item()
+                    if distributed.any_rank([not math.isfinite(loss_value)], dist_info)[0]:
+                        what = (f"the loss became {loss_value}" if not
+                                math.isfinite(loss_value) else
+                                "the loss became NaN or infinite on another rank")
+                        raise diverged(what, progress.global_step + 1)
+                    progress.loss_sum += loss_value * len(y)
+                    progress.correct += float(correct)
+                    progress.seen += len(y)
+                    progress.step_in_epoch = step + 1
+                    progress.global_step += 1
+                    saved = None
+                    if cfg.checkpoint_every_steps and (
+                            progress.global_step % cfg.checkpoint_every_steps == 0):
+                        saved = save_step_checkpoint()
+                    if distributed.any_rank([stop.signal is not None], dist_info)[0]:
+                        progress.train_time_s += time.perf_counter() - t0
+                        saved = saved or save_step_checkpoint()
+                        raise interrupted(stop.signal or signal.SIGTERM, saved)
+                epoch_time = time.perf_counter() - t0
+                progress.train_time_s += epoch_time
+                loss_sum, correct, seen = distributed.all_reduce_sum(
+                    [progress.loss_sum, progress.correct, progress.seen], dist_info)
+                val = evaluate(model, *data.val, mean=data.mean, std=data.std,
+                               batch_size=cfg.eval_batch_size, device=dist_info.device,
+                               precision=cfg.precision, info=dist_info)
+                row = {"epoch": epoch + 1, "step": progress.global_step,
+                       "train_loss": loss_sum / max(seen, 1),
+                       "train_accuracy": correct / max(seen, 1),
+                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                       "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+                       "images_per_s": seen / max(epoch_time, 1e-9)}
+                improved = val["accuracy"] > progress.best_val_accuracy
+                if improved:
+                    progress.best_val_accuracy, progress.best_epoch = val["accuracy"], epoch + 1
+                progress.epoch, progress.step_in_epoch = epoch + 1, 0
+                progress.loss_sum = progress.correct = progress.seen = 0.0
+                if main:
+                    _append_jsonl(run_dir / "metrics.jsonl", row)
+                    if cfg.record_heads and gaussian_heads(model):
+                        _append_jsonl(run_dir / "heads.jsonl",
+                                      {"epoch": epoch + 1, "layers": gaussian_heads(model)})
+                # best before last: a kill between the two leaves last at the previous epoch,
+                # so the resumed run redoes this epoch and writes both again
+                if improved:
+                    save(ckpt_dir / "best.safetensors")
+                save(ckpt_dir / "last.safetensors")
+                say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} "
+                    f"acc {row['val_accuracy']:.4f}  {row['images_per_s']:.0f} img/s")
+                if distributed.any_rank([stop.signal is not None], dist_info)[0]:
+                    raise interrupted(stop.signal or signal.SIGTERM, ckpt_dir / "last.safetensors")
 
-        if main:
-            unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.safetensors")
-                                          .section("model"))
-        if dist_info.distributed:  # every rank evaluates its shard with the best weights
-            for tensor in unwrap(model).state_dict().values():
-                torch.distributed.broadcast(tensor, src=0)
-        test = evaluate(model, *data.test, mean=data.mean, std=data.std,
-                        batch_size=cfg.eval_batch_size, device=dist_info.device,
-                        precision=cfg.precision, info=dist_info)
+            if main:
+                unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.safetensors")
+                                              .section("model"))
+            if dist_info.distributed:  # every rank evaluates its shard with the best weights
+                for tensor in unwrap(model).state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
+            test = evaluate(model, *data.test, mean=data.mean, std=data.std,
+                            batch_size=cfg.eval_batch_size, device=dist_info.device,
+                            precision=cfg.precision, info=dist_info)
+        except RuntimeError as err:
+            if not dist_info.distributed or isinstance(err, AttnconvError):
+                raise
+            kept = (f"the last complete checkpoint is {last_good}" if last_good is not None
+                    else f"the newest complete checkpoint in {ckpt_dir} is intact")
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WorkerFailed(
+                f"rank {dist_info.rank}: a collective failed at epoch {where['epoch'] + 1}, "
+                f"step {where['step']} (another worker died, or hung for more than "
+                f"dist_timeout_s={cfg.dist_timeout_s:g} s: {first}); {kept}; continue with: "
+                f"attnconv train --resume {run_dir}") from err
+        if stop.signal is not None:  # arrived during the test evaluation: only that is left
+            raise interrupted(stop.signal, ckpt_dir / "last.safetensors")
         result = {"name": cfg.name, "model": cfg.model, "dataset": cfg.dataset,
                   "params": params, "epochs": cfg.epochs, "best_epoch": progress.best_epoch,
                   "best_val_accuracy": progress.best_val_accuracy,
