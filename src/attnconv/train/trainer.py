@@ -199,6 +199,15 @@ def gaussian_heads(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
+def tensorboard_writer(run_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``run_dir/tensorboard`` if TensorBoard is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -484,6 +493,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     crash_at = _crash_step(dist_info.rank)
     per_rank = cfg.batch_size // dist_info.world_size
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
+    board = tensorboard_writer(run_dir) if main else None
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
         try:
@@ -549,9 +559,15 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 progress.loss_sum = progress.correct = progress.seen = 0.0
                 if main:
                     _append_jsonl(run_dir / "metrics.jsonl", row)
-                    if cfg.record_heads and gaussian_heads(model):
-                        _append_jsonl(run_dir / "heads.jsonl",
-                                      {"epoch": epoch + 1, "layers": gaussian_heads(model)})
+                    heads = gaussian_heads(model) if cfg.record_heads else []
+                    if heads:
+                        _append_jsonl(run_dir / "heads.jsonl", {"epoch": epoch + 1,
+                                                                "layers": heads})
+                    if board is not None:
+                        for key, value in row.items():
+                            if key not in ("epoch", "step"):
+                                board.add_scalar(key, value, epoch + 1)
+                        board.flush()
                 # best before last: a kill between the two leaves last at the previous epoch,
                 # so the resumed run redoes this epoch and writes both again
                 if improved:
