@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -18,16 +16,6 @@ from attnconv.models import (
     list_models,
     register_model,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead (severe on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SA_MODELS = ["sa-quadratic", "sa-quadratic-full", "sa-quadratic-16heads", "sa-learned",
              "sa-learned-content"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from attnconv.flops import (
     format_count,
     model_cost,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP overhead (severe on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 PAPER_MODELS = ["resnet18", "sa-quadratic", "sa-learned", "sa-learned-content"]
 SMALL = {"hidden_size": 32, "num_layers": 2, "heads": 3, "ffn_size": 48}

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from attnconv.train import train
 from attnconv.train.config import config_from_dict
 
 TINY_ARGS = {"hidden_size": 16, "num_layers": 2, "heads": 4, "ffn_size": 16,
              "attn_dropout": 0.0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (50x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _train(root: Path, name: str, model: str, **model_args: object) -> Path:
