@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnconv-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test test-browser lint demo bench clean
 
 setup: $(STAMP)
 
@@ -17,9 +17,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) test-browser
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium + chromedriver for the explorer's browser test (apt-get; no-op if present).
+test-browser:
+	@bash scripts/install-test-browser.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -113,4 +113,17 @@ def run(args: argparse.Namespace) -> int:
               f"{m['mean_moved']:.2f} | {m['mean_alpha_end']:.2f} |")
     (out / "demo.json").write_text(json.dumps({"runs": results, "heads": movement}, indent=2))
     print(f"\nruns and checkpoints in {out}/ (summary: {out / 'demo.json'})")
+
+    # What attention learned: one report of both runs, and the explorer of the SA model.
+    from attnconv.analysis.report import write_report
+
+    t0 = time.perf_counter()
+    report = write_report([out / name for name in DEMO_RUNS], out / "report.html", images=100,
+                          explorer=True, explorer_images=20,
+                          explorer_paths={out / "sa-quadratic": out / "explorer.html"},
+                          title="attnconv demo: SA quadratic vs ResNet18")
+    print(f"\nexplorer (sa-quadratic, 20 test images): {report.explorers['sa-quadratic']}")
+    print(f"markdown summary: {report.markdown} (report written in "
+          f"{time.perf_counter() - t0:.0f} s)")
+    print(f"report: {report.html}")
     return 0

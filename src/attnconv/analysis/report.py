@@ -1,0 +1,476 @@
+"""One report for several training runs: comparison table, figures, locality, explorer links.
+
+:func:`write_report` turns run directories written by ``attnconv train`` into
+
+* ``report.html``: one self-contained page (inline CSS, every figure embedded as a base64 PNG);
+* ``report.md`` beside it: the same tables in Markdown, figures linked as files;
+* ``report-figures/``: the figures as PNG + PDF (:func:`~attnconv.analysis.figures.figures_for_run`
+  per run, one training-curve plot for all runs together);
+* optionally an explorer page per self-attention run (:mod:`attnconv.analysis.explorer`),
+  linked from both reports by relative links.
+
+The comparison is Table 1 of the paper for *these* runs: test accuracy from ``results.json``,
+parameters and multiply-accumulates counted with :mod:`attnconv.flops` at the runs' own image
+shape (from the checkpoint's metadata), beside the paper's CIFAR-10 accuracy for the same model.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnconv.errors import ConfigError
+
+DEFAULT_IMAGES = 100
+DEFAULT_EXPLORER_IMAGES = 20
+
+
+# --------------------------------------------------------------------------------------------
+# What one run reports
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSummary:
+    """The numbers of one run: results, size and cost at its own image shape.
+
+    ``macs`` counts every matrix product of one forward pass (dense reference attention, the
+    paper's operator), ``attention_macs`` the part outside the linear/conv layers, and
+    ``paper_flops`` the paper's convention (linear and conv layers only, 2 x MACs).
+    """
+
+    path: Path
+    name: str
+    model: str
+    label: str
+    dataset: str | None
+    image_shape: tuple[int, int, int]
+    params: int
+    macs: int
+    attention_macs: int
+    paper_flops: int
+    attention_layers: int
+    test_accuracy: float
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    epochs: int | None = None
+    train_time_s: float | None = None
+    paper_accuracy: float | None = None
+    results: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def summarise_run(run_dir: str | Path) -> RunSummary:
+    """Read ``results.json`` and the checkpoint's metadata; count the model at its image shape.
+
+    Raises:
+        ConfigError: no usable ``results.json`` (an unfinished run).
+        CheckpointError: no readable checkpoint.
+    """
+    from attnconv.analysis.record import attention_layers
+    from attnconv.commands.table1 import PAPER_TABLE1, PaperRow, read_run
+    from attnconv.flops import count_macs
+    from attnconv.models import create_model
+    from attnconv.train.checkpoint import read_meta
+    from attnconv.train.model_io import resolve_checkpoint
+
+    run_dir = Path(run_dir)
+    result = read_run(run_dir)  # validates model and test_accuracy
+    results = json.loads((run_dir / "results.json").read_text("utf-8"))
+    meta = read_meta(resolve_checkpoint(run_dir))
+    try:
+        height, width = (int(v) for v in meta["image_size"])
+        channels, classes = int(meta["in_chans"]), int(meta["num_classes"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"the checkpoint of {run_dir} lacks its image shape or classes "
+                          f"({err}); was it written by 'attnconv train'?") from err
+    args = dict(meta.get("model_args") or {})
+    size = args.pop("image_size", height if height == width else (height, width))
+    with torch.device("meta"):  # shapes only: nothing is allocated or computed
+        model = create_model(result.model, num_classes=classes, in_chans=channels,
+                             image_size=size, **args)
+    cost = count_macs(model, (channels, height, width))
+    paper = PAPER_TABLE1.get(result.model, PaperRow(result.model))
+    best_epoch = results.get("best_epoch")
+    return RunSummary(
+        path=run_dir, name=str(results.get("name") or run_dir.name), model=result.model,
+        label=paper.label, dataset=result.dataset, image_shape=(channels, height, width),
+        params=cost.params, macs=cost.macs, attention_macs=cost.attention_macs,
+        paper_flops=cost.paper_convention_flops, attention_layers=len(attention_layers(model)),
+        test_accuracy=result.test_accuracy,
+        best_val_accuracy=_number(results.get("best_val_accuracy")),
+        best_epoch=best_epoch if isinstance(best_epoch, int) else None,
+        epochs=results.get("epochs") if isinstance(results.get("epochs"), int) else None,
+        train_time_s=_number(results.get("train_time_s")), paper_accuracy=paper.accuracy,
+        results=results)
+
+
+COMPARISON = {"run": "run", "model": "model", "data": "data (C x H x W)", "params": "params",
+              "macs": "MACs (all ops)", "attention_macs": "attention MACs",
+              "paper_flops": "paper-convention FLOPs", "test_accuracy": "test accuracy",
+              "best_val": "best val. accuracy (epoch)", "epochs": "epochs",
+              "train_time": "train time", "paper_accuracy": "paper accuracy (CIFAR-10)"}
+
+
+def comparison_rows(runs: Sequence[RunSummary]) -> list[dict[str, str]]:
+    """The comparison table, one row of printed cells per run (keys of :data:`COMPARISON`)."""
+    from attnconv.flops import format_count
+
+    rows = []
+    for r in runs:
+        c, h, w = r.image_shape
+        best = "-" if r.best_val_accuracy is None else (
+            f"{r.best_val_accuracy:.4f}" + (f" ({r.best_epoch})" if r.best_epoch else ""))
+        rows.append({
+            "run": r.name,
+            "model": r.model if r.label == r.model else f"{r.model} ({r.label})",
+            "data": f"{r.dataset or '?'}, {c}x{h}x{w}",
+            "params": f"{r.params:,}",
+            "macs": format_count(r.macs),
+            "attention_macs": format_count(r.attention_macs),
+            "paper_flops": format_count(r.paper_flops),
+            "test_accuracy": f"{r.test_accuracy:.4f}",
+            "best_val": best,
+            "epochs": "-" if r.epochs is None else str(r.epochs),
+            "train_time": "-" if r.train_time_s is None else
+                          f"{r.train_time_s:.{0 if r.train_time_s >= 10 else 1}f} s",
+            "paper_accuracy": "-" if r.paper_accuracy is None else f"{r.paper_accuracy:.3f}",
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Locality (attnconv locality), per layer
+# --------------------------------------------------------------------------------------------
+LOCALITY = {"layer": "layer", "heads": "heads", "attention": "attention",
+            "mean_distance": "mean distance (tokens)", "mean_distance_px": "(pixels)",
+            "entropy": "entropy (nats)", "conv_likeness": "conv-likeness"}
+
+
+def run_locality(run_dir: str | Path, images: int = DEFAULT_IMAGES,
+                 data_dir: str | None = None) -> list[dict[str, Any]]:
+    """:func:`~attnconv.analysis.compute_locality` rows of a run; [] without attention.
+
+    Positional-only models need no image; content attention is averaged over the first
+    ``images`` test images.
+    """
+    from attnconv.analysis import attention_layers, compute_locality, load_test_images
+    from attnconv.train.model_io import load_model
+
+    model, meta = load_model(run_dir)
+    layers = [layer for _, layer in attention_layers(model)]
+    if not layers:
+        return []
+    batch = None
+    if any(not layer.positional_only for layer in layers):
+        batch, _ = load_test_images(meta, images, data_dir)
+    return compute_locality(model, batch, batch_size=50)
+
+
+def locality_by_layer(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """Per-layer means over the heads of :func:`run_locality`'s rows, as printed cells."""
+    out = []
+    for layer in sorted({r["layer"] for r in rows}):
+        group = [r for r in rows if r["layer"] == layer]
+        mean = {k: sum(r[k] for r in group) / len(group)
+                for k in ("mean_distance", "mean_distance_px", "entropy", "conv_likeness")}
+        kind = group[0]["encoding"] + (" + content" if group[0]["content"] else "")
+        out.append({"layer": str(layer), "heads": str(len(group)), "attention": kind,
+                    "mean_distance": f"{mean['mean_distance']:.2f}",
+                    "mean_distance_px": f"{mean['mean_distance_px']:.1f}",
+                    "entropy": f"{mean['entropy']:.2f} / {group[0]['entropy_uniform']:.2f}",
+                    "conv_likeness": f"{mean['conv_likeness']:.3f}"})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+CAPTIONS = [
+    (r"training_curves", "Validation (solid) and training (dashed) accuracy and loss of every "
+                         "run (paper fig. 2)."),
+    (r"gaussian_heads_all", "Gaussian heads of every layer: each head's centre relative to the "
+                            "query pixel, with its 50% and 90% mass contours (paper fig. 4)."),
+    (r"gaussian_heads_layer(\d+)", "Gaussian heads of layer {0}."),
+    (r"head_trajectories_all", "Head centres over training, from initialisation (open circle) "
+                               "to the end (paper fig. 3)."),
+    (r"head_trajectories_layer(\d+)", "Head centres of layer {0} over training."),
+    (r"positional_attention(?:_layer(\d+))?", "Positional attention of the centre query pixel, "
+                                              "per layer and head."),
+    (r"content_attention_image(\d+)", "Attention of the centre query pixel on test image {0}, "
+                                      "per layer and head."),
+    (r"content_attention_mean(\d+)", "Attention of the centre query pixel averaged over {0} "
+                                     "test images."),
+    (r"conversion_error", "Theorem 1: error of the attention version of a 3x3 convolution."),
+]
+
+
+def caption(path: Path) -> str:
+    """What a figure file of :mod:`attnconv.analysis.figures` shows, from its name."""
+    for pattern, text in CAPTIONS:
+        match = re.fullmatch(pattern, path.stem)
+        if match:
+            return text.format(*match.groups())
+    return path.stem.replace("_", " ")
+
+
+def is_detail(path: Path) -> bool:
+    """One file per layer: shown folded, the all-layer figure comes first."""
+    return re.search(r"_layer\d+$", path.stem) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunSection:
+    """Everything the report shows about one run."""
+
+    summary: RunSummary
+    figures: list[Path] = field(default_factory=list)
+    locality: list[dict[str, Any]] = field(default_factory=list)
+    explorer: Path | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """The files :func:`write_report` wrote."""
+
+    html: Path
+    markdown: Path
+    figures: list[Path]
+    explorers: dict[str, Path]
+    runs: list[RunSummary]
+
+
+def _unique_names(runs: Sequence[RunSummary]) -> list[str]:
+    names: list[str] = []
+    for r in runs:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", r.name) or "run"
+        base, i = name, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def write_report(runs: Sequence[str | Path], out: str | Path, *,
+                 images: int = DEFAULT_IMAGES, explorer: bool = False,
+                 explorer_images: int = DEFAULT_EXPLORER_IMAGES,
+                 explorer_paths: Mapping[str | Path, str | Path] | None = None,
+                 explorer_max_mb: float | None = 20.0, data_dir: str | None = None,
+                 title: str = "attnconv report") -> Report:
+    """Write ``out`` (HTML), the Markdown summary beside it and the figures.
+
+    Args:
+        runs: run directories written by ``attnconv train`` (finished: with results.json).
+        out: the HTML file; ``report.md`` and ``report-figures/`` go beside it (named after
+            its stem).
+        images: test images for the content-attention figures and locality.
+        explorer: write an explorer page for every run with attention layers (at
+            ``explorer_paths[run]``, default ``explorer-RUN.html`` beside ``out``). Without it,
+            an ``explorer.html`` already in a run directory is linked.
+        explorer_images: test images in each explorer page.
+        explorer_paths: where each run's explorer page goes (keys: the run paths as passed).
+        explorer_max_mb: size limit of each explorer page (None: no limit).
+        data_dir: where the dataset files are (default: each run's own).
+        title: the report's title.
+    """
+    from attnconv.analysis.figures import figures_for_run, plot_training_curves
+
+    if not runs:
+        raise ValueError("pass at least one run directory")
+    if images < 1 or explorer_images < 1:
+        raise ValueError(f"images and explorer_images must be >= 1, got {images} and "
+                         f"{explorer_images}")
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"the report is an HTML file; name it *.html, got {out}")
+    root = out.parent
+    root.mkdir(parents=True, exist_ok=True)
+    figures_dir = root / f"{out.stem}-figures"
+    paths = {str(Path(p)): Path(v) for p, v in (explorer_paths or {}).items()}
+
+    summaries = [summarise_run(run) for run in runs]
+    names = _unique_names(summaries)
+    sections = [RunSection(s) for s in summaries]
+    written: list[Path] = []
+    curves_runs = [s.path for s in summaries if (s.path / "metrics.jsonl").is_file()]
+    curves = plot_training_curves(curves_runs, figures_dir) if curves_runs else []
+    written += curves
+    explorers: dict[str, Path] = {}
+    for run, name, section in zip(runs, names, sections, strict=True):
+        s = section.summary
+        figs = figures_for_run(s.path, figures_dir / name, images=images, data_dir=data_dir)
+        written += figs
+        section.figures = [p for p in figs if p.suffix == ".png"
+                           and not p.stem.startswith("training_curves")]
+        if s.attention_layers:
+            section.locality = run_locality(s.path, images, data_dir)
+            target = paths.get(str(Path(run)), root / f"explorer-{name}.html")
+            if explorer:
+                from attnconv.analysis.explorer import build_explorer
+
+                section.explorer = build_explorer(s.path, target, images=explorer_images,
+                                                  data_dir=data_dir,
+                                                  max_mb=explorer_max_mb).path
+            elif (s.path / "explorer.html").is_file():
+                section.explorer = s.path / "explorer.html"
+            if section.explorer is not None:
+                explorers[s.name] = section.explorer
+
+    curve_png = next((p for p in curves if p.suffix == ".png"), None)
+    md_path = out.with_suffix(".md")
+    md_path.write_text(_markdown(title, sections, curve_png, root), encoding="utf-8")
+    page = _html(title, sections, curve_png, root, md_path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return Report(out, md_path, written, explorers, summaries)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+NOTES = [
+    "MACs: multiply-accumulates of one forward pass on one image of the run's own shape, "
+    "every matrix product (torch's FlopCounterMode), the attention products included, with "
+    "the dense reference attention (the paper's operator).",
+    "Attention MACs: the MACs outside the linear and convolution layers.",
+    "Paper-convention FLOPs: the linear and convolution layers only, 2 x MACs, as in the "
+    "paper's Table 1 (which omits the attention products).",
+    "Paper accuracy: the paper's Table 1 on CIFAR-10 with full-size models; runs on other "
+    "data or with smaller models are not comparable to it number for number.",
+]
+
+
+TEXT_COLUMNS = {"run", "model", "data", "attention"}  # left-aligned; numbers go right
+
+
+def _md_table(rows: Sequence[dict[str, str]], header: Mapping[str, str]) -> list[str]:
+    keys = list(header)
+    lines = ["| " + " | ".join(header[k] for k in keys) + " |",
+             "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k in keys) + "|"]
+    lines += ["| " + " | ".join(r[k].replace("|", "\\|") for k in keys) + " |" for r in rows]
+    return lines
+
+
+def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
+              root: Path) -> str:
+    lines = [f"# {title}", "",
+             f"{len(sections)} run{'s' if len(sections) != 1 else ''}, "
+             f"written {datetime.date.today().isoformat()}; figures embedded in the HTML "
+             f"version (report.html), linked here.", "", "## Comparison", ""]
+    lines += _md_table(comparison_rows([s.summary for s in sections]), COMPARISON)
+    lines += [""] + [f"- {note}" for note in NOTES]
+    if curves is not None:
+        lines += ["", "## Training curves", "", f"![training curves]({_relative(curves, root)})"]
+    for section in sections:
+        s = section.summary
+        lines += ["", f"## {s.name}: {s.model}", "",
+                  f"Run directory: `{s.path}`; test accuracy {s.test_accuracy:.4f}."]
+        if section.explorer is not None:
+            lines += ["", f"Interactive attention explorer: "
+                          f"[{section.explorer.name}]({_relative(section.explorer, root)})"]
+        if section.locality:
+            lines += ["", "Locality per layer (mean over heads; entropy: mean / uniform):", ""]
+            lines += _md_table(locality_by_layer(section.locality), LOCALITY)
+        if section.figures:
+            lines += [""]
+            lines += [f"- [{caption(p)}]({_relative(p, root)})" for p in section.figures]
+    return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1f24;
+       margin: 0 auto; max-width: 1180px; padding: 12px 24px 48px; }
+h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 34px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 10px 0; font-size: 13.5px; }
+th, td { border: 1px solid #d5d9e0; padding: 4px 8px; text-align: right; }
+th { background: #f1f3f5; } .text { text-align: left; }
+figure { margin: 14px 0; } figure img { max-width: 100%; border: 1px solid #e3e6ea; }
+figcaption { color: #5d6470; font-size: 13px; }
+.notes { color: #5d6470; font-size: 13px; } .explorer { font-weight: 600; }
+details summary { cursor: pointer; color: #0b7285; margin: 8px 0; }
+"""
+
+
+def _html_table(rows: Sequence[dict[str, str]], header: Mapping[str, str],
+                cls: str = "") -> str:
+    head = "".join(f'<th class="{"text" if k in TEXT_COLUMNS else "num"}">{html.escape(v)}</th>'
+                   for k, v in header.items())
+    body = "".join("<tr>" + "".join(
+        f'<td class="{"text" if k in TEXT_COLUMNS else "num"}">{html.escape(r[k])}</td>'
+        for k in header) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    text = html.escape(caption(path))
+    return (f'<figure><img alt="{text}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{text} <code>{html.escape(path.name)}</code></figcaption></figure>")
+
+
+def _html(title: str, sections: Sequence[RunSection], curves: Path | None, root: Path,
+          markdown: Path) -> str:
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>{len(sections)} run{'s' if len(sections) != 1 else ''}, written "
+             f"{datetime.date.today().isoformat()}. Markdown summary: "
+             f"<a href=\"{html.escape(_relative(markdown, root))}\">{markdown.name}</a>.</p>"]
+    links = [s for s in sections if s.explorer is not None]
+    if links:
+        items = "".join(
+            f'<li><a class="explorer" href="{html.escape(_relative(s.explorer, root))}">'
+            f"{html.escape(s.summary.name)}: attention explorer</a></li>"
+            for s in links if s.explorer is not None)
+        parts.append(f"<p>Interactive pages (pick an image, a layer, a head, click a query "
+                     f"pixel):</p><ul>{items}</ul>")
+    parts += ["<h2>Comparison</h2>",
+              _html_table(comparison_rows([s.summary for s in sections]), COMPARISON,
+                          "comparison"),
+              "<ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in NOTES)
+              + "</ul>"]
+    if curves is not None:
+        parts += ["<h2>Training curves</h2>", _figure(curves)]
+    for section in sections:
+        s = section.summary
+        parts.append(f"<h2 id=\"run-{html.escape(s.name)}\">{html.escape(s.name)}: "
+                     f"{html.escape(s.model)}</h2>")
+        parts.append(f"<p>Run directory <code>{html.escape(str(s.path))}</code>; test accuracy "
+                     f"{s.test_accuracy:.4f}.</p>")
+        if section.explorer is not None:
+            parts.append(f'<p><a class="explorer" href="'
+                         f'{html.escape(_relative(section.explorer, root))}">Open the '
+                         f"attention explorer</a></p>")
+        if section.locality:
+            parts += ["<h3>Locality per layer</h3>",
+                      "<p class=\"notes\">Mean over heads of the attention distance, the "
+                      "entropy (against that of uniform attention) and the mass on the most "
+                      "attended relative offset (1.0: a convolution tap).</p>",
+                      _html_table(locality_by_layer(section.locality), LOCALITY, "locality")]
+        main = [p for p in section.figures if not is_detail(p)]
+        detail = [p for p in section.figures if is_detail(p)]
+        parts += [_figure(p) for p in main]
+        if detail:
+            parts.append(f"<details><summary>{len(detail)} per-layer figures</summary>"
+                         + "".join(_figure(p) for p in detail) + "</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
