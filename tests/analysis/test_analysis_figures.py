@@ -119,8 +119,8 @@ def test_figures_command(quadratic_run: Path, content_run: Path, tmp_path: Path,
     assert main(["figures", str(quadratic_run), str(content_run), "--out", str(out),
                  "--layer", "0", "--images", "4", "--query", "3", "3", "--alpha-curve"]) == 0
     printed = capsys.readouterr().out
-    for path in ["q/gaussian_heads_layer0.png", "q/head_trajectories_layer0.png",
-                 "q/positional_attention_layer0.png", "c/content_attention_mean4.png",
+    for path in ["quadratic/gaussian_heads_layer0.png", "quadratic/head_trajectories_layer0.png",
+                 "quadratic/positional_attention_layer0.png", "content/content_attention_mean4.png",
                  "training_curves.png", "conversion_error.png"]:
         assert (out / path).stat().st_size > 1000, path
         assert str(out / path) in printed
