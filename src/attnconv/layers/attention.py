@@ -3,9 +3,23 @@
 ``SelfAttention2d`` takes channels-last image tokens ``(B, H, W, dim)``. Each head ``h`` computes
 attention logits ``A_h = content + positional`` over all ``H * W`` keys, takes a softmax over the
 keys, averages the values, and the concatenated head outputs go through one output projection
-``W_out, b_out`` (PAPER section 1, MHSA). The computation below is the *reference*: it
-materialises the logits of every (query, key) pair from the formulas. Faster exact algorithms
-are tested against it.
+``W_out, b_out`` (PAPER section 1, MHSA). :meth:`SelfAttention2d.forward_reference` is the
+*reference*: it materialises the logits of every (query, key) pair from the formulas. Each layer
+picks the fastest exact algorithm for its configuration (:meth:`SelfAttention2d.algorithm`),
+and every one is tested against the reference (outputs and gradients, float64):
+
+* ``"separable"`` -- positional-only logits that are a row term plus a column term (isotropic
+  quadratic; learned positional-only; quadratic-full whose ``Sigma^-1`` is exactly diagonal
+  and needs no gradient), identity values, no probability dropout: the softmax factorises into
+  a row and a column softmax (:mod:`attnconv.layers.separable`).
+* ``"dense"`` -- other positional-only attention (full covariance), and positional-only
+  attention under the paper's dropout on the probabilities: one ``(heads, N, N)`` attention for
+  the whole batch, applied as one batched product (:mod:`attnconv.layers.dense`).
+* ``"fused"`` -- content attention (with a learned query-dependent, a quadratic, or no
+  positional term): ``scaled_dot_product_attention`` on queries and keys augmented by the
+  factorised positional logits (:mod:`attnconv.layers.content`).
+
+``impl="reference"`` (or :func:`reference_attention`) forces the reference.
 """
 
 from __future__ import annotations
@@ -21,12 +35,17 @@ from torch import Tensor, nn
 
 from attnconv.errors import ShapeError
 from attnconv.layers.base import RelativeEncoding
+from attnconv.layers.content import content_attention
+from attnconv.layers.dense import shared_attention
 from attnconv.layers.learned import LearnedRelativeEncoding
+from attnconv.layers.precision import compute_dtype, full_precision
 from attnconv.layers.quadratic import GaussianHeads, QuadraticEncoding, QuadraticFullEncoding
-from attnconv.layers.separable import separable_mix
+from attnconv.layers.separable import factor_dropout, separable_attention, separable_mix
 
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "none")
-IMPLS = ("auto", "reference")
+ALGORITHMS = ("reference", "separable", "dense", "fused")
+IMPLS = ("auto", *ALGORITHMS)
+DROPOUT_MODES = ("probabilities", "factors")
 _FORCE_REFERENCE = False
 
 
@@ -63,6 +82,12 @@ class SelfAttention2d(nn.Module):
             ``1/sqrt(qk_dim)``, which only reparametrises the tables), as in the paper's third
             model.
         attn_dropout: dropout on the attention probabilities (training only).
+        attn_dropout_mode: ``"probabilities"`` (default, the paper's): every image drops
+            entries of its own ``(HW) x (HW)`` probabilities independently. ``"factors"``
+            (opt-in, separable encodings only): every image drops entries of its row and column
+            probabilities ``R``, ``C`` instead, which keeps the fast separable path in training;
+            same marginal keep probability and expectation, correlated masks (see
+            :func:`attnconv.layers.separable.factor_dropout`).
         value_proj: project the input to per-head values with a learned ``W_val``. ``None``
             (default) uses the identity when ``head_dim == dim`` (the paper's models: heads
             average the raw features and ``W_out`` carries ``W_val W_out``), a projection
@@ -71,7 +96,9 @@ class SelfAttention2d(nn.Module):
         max_size: largest grid of the learned tables (``int`` or ``(H, W)``).
         pos_dim: entry width of the positional-only learned tables; defaults to ``dim``.
         impl: ``"auto"`` picks the fastest exact algorithm; ``"reference"`` always runs the
-            reference computation (also forced globally by :func:`reference_attention`).
+            reference computation (also forced globally by :func:`reference_attention`);
+            ``"separable"``, ``"dense"`` or ``"fused"`` force that algorithm (see
+            :meth:`algorithm`).
     """
 
     def __init__(
@@ -84,6 +111,7 @@ class SelfAttention2d(nn.Module):
         encoding: str = "quadratic",
         content: bool = False,
         attn_dropout: float = 0.0,
+        attn_dropout_mode: str = "probabilities",
         value_proj: bool | None = None,
         qk_dim: int | None = None,
         max_size: int | tuple[int, int] = 32,
@@ -107,6 +135,13 @@ class SelfAttention2d(nn.Module):
             raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+        if attn_dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"unknown attn_dropout_mode {attn_dropout_mode!r}; choose one of "
+                             f"{', '.join(DROPOUT_MODES)}")
+        if attn_dropout_mode == "factors" and (content or encoding not in ("quadratic",
+                                                                           "learned")):
+            raise ValueError('attn_dropout_mode="factors" needs separable positional-only '
+                             'attention (encoding "quadratic" or "learned", content=False)')
         if value_proj is None:
             value_proj = head_dim != dim
         if not value_proj and head_dim != dim:
@@ -116,6 +151,7 @@ class SelfAttention2d(nn.Module):
         self.dim, self.heads, self.head_dim, self.out_dim = dim, heads, head_dim, out_dim
         self.encoding_name, self.content, self.qk_dim = encoding, content, qk_dim
         self.impl = impl
+        self.attn_dropout_mode = attn_dropout_mode
 
         self.value = nn.Linear(dim, heads * head_dim) if value_proj else None
         if content:
@@ -182,38 +218,54 @@ class SelfAttention2d(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Logits and attention (reference computation)
     # ----------------------------------------------------------------------------------------
-    def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head queries and keys ``(B, heads, H, W, qk_dim)`` (content attention only)."""
+    def _projected_qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries and keys in the projections' own layout ``(B, H, W, heads, qk_dim)``."""
         if self.query is None or self.key is None:
             raise RuntimeError("this layer has no content attention (content=False)")
         b, h, w, _ = x.shape
-        q = self.query(x).view(b, h, w, self.heads, self.qk_dim).permute(0, 3, 1, 2, 4)
-        k = self.key(x).view(b, h, w, self.heads, self.qk_dim).permute(0, 3, 1, 2, 4)
-        return q, k  # (B, heads, H, W, qk_dim) each
+        q = self.query(x).view(b, h, w, self.heads, self.qk_dim)
+        k = self.key(x).view(b, h, w, self.heads, self.qk_dim)
+        return q, k  # (B, H, W, heads, qk_dim) each
+
+    def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head queries and keys ``(B, heads, H, W, qk_dim)`` (content attention only)."""
+        q, k = self._projected_qk(x)
+        return q.permute(0, 3, 1, 2, 4), k.permute(0, 3, 1, 2, 4)  # (B, heads, H, W, qk_dim)
+
+    def _logit_dtype(self) -> torch.dtype:
+        """Logits and probabilities are float32, or the parameters' dtype when wider."""
+        return torch.promote_types(self.out.weight.dtype, torch.float32)
 
     def logits(self, x: Tensor) -> Tensor:
         """Attention logits ``(B', heads, H, W, H, W)``; ``B' = 1`` for positional-only.
 
         Relative encoding (PAPER section 1): content ``q . k`` plus the positional term, all
         scaled by ``1 / sqrt(qk_dim)`` for the content and learned query-dependent terms; the
-        Gaussian terms are in the paper's units and not rescaled.
+        Gaussian terms are in the paper's units and not rescaled. Computed in float32 (or
+        float64) even under autocast; the query/key projections follow autocast.
         """
         _, h, w = self.check_input(x)
+        dtype = self._logit_dtype()
         if not self.content:
             assert self.encoding is not None
-            return self.encoding.logits(h, w).unsqueeze(0)  # (1, heads, H, W, H, W)
+            with full_precision(x.device.type):
+                return self.encoding.logits(h, w).to(dtype).unsqueeze(0)  # (1, heads, H, W, H, W)
         q, k = self.queries_keys(x)
-        scores = torch.einsum("bnijd,bnkld->bnijkl", q, k)  # (B, heads, H, W, H, W)
-        if self.encoding is not None and self.encoding.query_dependent:
-            scores = scores + self.encoding.logits(h, w, query=q)
-        scores = scores / math.sqrt(self.qk_dim)
-        if self.encoding is not None and not self.encoding.query_dependent:
-            scores = scores + self.encoding.logits(h, w).unsqueeze(0)
+        with full_precision(x.device.type):
+            q, k = q.to(dtype), k.to(dtype)
+            scores = torch.einsum("bnijd,bnkld->bnijkl", q, k)  # (B, heads, H, W, H, W)
+            if self.encoding is not None and self.encoding.query_dependent:
+                scores = scores + self.encoding.logits(h, w, query=q)
+            scores = scores / math.sqrt(self.qk_dim)
+            if self.encoding is not None and not self.encoding.query_dependent:
+                scores = scores + self.encoding.logits(h, w).to(dtype).unsqueeze(0)
         return scores
 
     def attention(self, x: Tensor) -> Tensor:
         """Attention probabilities ``(B', heads, H, W, H, W)``, summing to 1 over the keys."""
-        return softmax_attention(self.logits(x))
+        logits = self.logits(x)
+        with full_precision(x.device.type):
+            return softmax_attention(logits)
 
     def values(self, x: Tensor) -> Tensor:
         """Per-head values ``(B, heads or 1, N, head_dim)`` (identity values broadcast)."""
@@ -222,6 +274,17 @@ class SelfAttention2d(nn.Module):
             return x.reshape(b, 1, h * w, self.dim)  # W_val = I, shared by all heads
         v = self.value(x).view(b, h * w, self.heads, self.head_dim)
         return v.transpose(1, 2)  # (B, heads, N, head_dim)
+
+    def _axis_probabilities(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Row ``(heads, H, H)`` and column ``(heads, W, W)`` softmaxes (separable encodings)."""
+        assert self.encoding is not None
+        with full_precision(self.out.weight.device.type):
+            row, col = self.encoding.axis_logits(height, width)  # type: ignore[attr-defined]
+            dtype = self._logit_dtype()
+            return row.to(dtype).softmax(dim=-1), col.to(dtype).softmax(dim=-1)
+
+    def _dropout_active(self) -> bool:
+        return self.training and self.attn_dropout.p > 0
 
     @overload
     def forward(self, x: Tensor, return_attention: Literal[False] = ...) -> Tensor: ...
@@ -235,17 +298,39 @@ class SelfAttention2d(nn.Module):
         With ``return_attention=True`` also return the attention probabilities
         ``(B', heads, H, W, H, W)`` (query row, query col, key row, key col), before attention
         dropout; ``B' = 1`` for positional-only attention, which is the same for every image.
+        Runs :meth:`algorithm`'s choice; every choice computes the same function.
         """
+        self.check_input(x)
+        algorithm = self.algorithm()
+        if algorithm == "reference":
+            return self.forward_reference(x, return_attention)
+        forward = {"separable": self._forward_separable, "dense": self._forward_dense,
+                   "fused": self._forward_fused}[algorithm]
+        y, attn = forward(x, return_attention)
+        if return_attention:
+            assert attn is not None
+            return y, attn
+        return y
+
+    def forward_reference(self, x: Tensor,
+                          return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The reference computation: every ``(HW) x (HW)`` logit from the formulas."""
         b, h, w = self.check_input(x)
-        if self.algorithm() == "separable":
-            return self._forward_separable(x, return_attention)
         n = h * w
-        attn = self.attention(x)  # (B', heads, H, W, H, W)
-        probs = attn.reshape(attn.shape[0], self.heads, n, n)  # (B', heads, N, N)
-        if self.training and self.attn_dropout.p > 0:
-            # Dropout on the probabilities, independently for every image (paper semantics).
-            probs = self.attn_dropout(probs.expand(b, -1, -1, -1))
-        mixed = probs @ self.values(x)  # (B, heads, N, head_dim)
+        if self._dropout_active() and self.attn_dropout_mode == "factors":
+            row, col = self._axis_probabilities(h, w)
+            attn = (row[:, :, None, :, None] * col[:, None, :, None, :]).unsqueeze(0)
+            row_b, col_b = factor_dropout(row, col, b, self.attn_dropout.p)
+            probs = row_b[:, :, :, None, :, None] * col_b[:, :, None, :, None, :]
+            probs = probs.reshape(b, self.heads, n, n)  # (B, heads, N, N)
+        else:
+            attn = self.attention(x)  # (B', heads, H, W, H, W)
+            probs = attn.reshape(attn.shape[0], self.heads, n, n)  # (B', heads, N, N)
+            if self._dropout_active():
+                # Dropout on the probabilities, independently for every image (paper semantics).
+                probs = self.attn_dropout(probs.expand(b, -1, -1, -1))
+        values = self.values(x)
+        mixed = probs.to(values.dtype) @ values  # (B, heads, N, head_dim)
         mixed = mixed.transpose(1, 2).reshape(b, h, w, self.heads * self.head_dim)
         y = self.out(mixed)  # (B, H, W, out_dim)
         return (y, attn) if return_attention else y
@@ -254,32 +339,174 @@ class SelfAttention2d(nn.Module):
     # Exact fast paths (each tested against the reference above)
     # ----------------------------------------------------------------------------------------
     def algorithm(self) -> str:
-        """The algorithm the next forward pass uses: ``"separable"`` or ``"reference"``."""
-        if self.impl == "reference" or _FORCE_REFERENCE or self.content:
+        """The algorithm the next forward pass uses (one of :data:`ALGORITHMS`).
+
+        ``impl="auto"`` picks the fastest exact one for the configuration and the mode:
+
+        * ``"separable"``: positional-only logits that split into a row and a column term
+          (isotropic quadratic, learned positional-only, exactly diagonal ``Sigma^-1`` when
+          ``S`` needs no gradient), unless the paper's probability dropout is active (with
+          ``attn_dropout_mode="factors"`` it stays separable in training).
+        * ``"dense"``: the other positional-only cases (full covariance; probability dropout).
+        * ``"fused"``: content attention, except when training on a CPU, where PyTorch's fused
+          CPU kernel has a slower backward pass than the reference's matrix products
+          (docs/performance.md); there ``"reference"`` is the fastest.
+        * ``"reference"``: also for a learned value projection where no fast path applies.
+
+        ``impl="reference"`` and :func:`reference_attention` force the reference; naming an
+        algorithm in ``impl`` forces it (``ValueError`` if it is not exact for this layer).
+        """
+        if self.impl == "reference" or _FORCE_REFERENCE:
             return "reference"
-        if self.training and self.attn_dropout.p > 0:
-            return "reference"  # dropout on the joint probabilities does not factorise
-        if hasattr(self.encoding, "axis_logits"):
-            return "separable"
+        applicable = self.applicable_algorithms()
+        if self.impl != "auto":
+            if self.impl not in applicable:
+                raise ValueError(f"impl={self.impl!r} is not exact for this layer in this mode; "
+                                 f"applicable: {', '.join(applicable)}")
+            return self.impl
+        if "fused" in applicable:
+            weight = self.out.weight
+            training_on_cpu = (weight.device.type == "cpu" and torch.is_grad_enabled()
+                               and any(p.requires_grad for p in self.parameters()))
+            return "reference" if training_on_cpu else "fused"
+        for name in ("separable", "dense"):
+            if name in applicable:
+                return name
         return "reference"
 
+    def applicable_algorithms(self) -> tuple[str, ...]:
+        """Every algorithm that computes this layer exactly in the current mode."""
+        if self.content:
+            return ("fused", "reference")
+        dropout = self._dropout_active()
+        factors = dropout and self.attn_dropout_mode == "factors"
+        names = []
+        if self._separable() and (not dropout or factors) and (self.value is None or not dropout):
+            names.append("separable")
+        if self.value is None and not factors:
+            names.append("dense")
+        return (*names, "reference")
+
+    def _separable(self) -> bool:
+        """True when the positional logits split exactly into a row and a column term."""
+        enc = self.encoding
+        if isinstance(enc, QuadraticEncoding):
+            return True
+        if isinstance(enc, LearnedRelativeEncoding):
+            return not enc.query_dependent
+        if isinstance(enc, QuadraticFullEncoding):
+            # Diagonal Sigma^-1: separable values, but the gradient through the off-diagonal
+            # entry is not, so only when S needs no gradient (see QuadraticFullEncoding).
+            if enc.s.device.type == "meta" or (torch.is_grad_enabled() and enc.s.requires_grad):
+                return False
+            return enc.is_diagonal()
+        return False
+
+    def _fuse_output(self) -> bool:
+        """Whether the fast paths may fold ``self.out`` into their own products.
+
+        Not when ``out`` is not a plain ``nn.Linear`` or carries hooks (module or global):
+        then ``self.out`` is called as a module so that its hooks fire.
+        """
+        out = self.out
+        if type(out) is not nn.Linear:
+            return False
+        if out._forward_hooks or out._forward_pre_hooks:
+            return False
+        import torch.nn.modules.module as module_mod
+
+        return not (module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+
     def _forward_separable(self, x: Tensor,
-                           return_attention: bool) -> Tensor | tuple[Tensor, Tensor]:
+                           return_attention: bool) -> tuple[Tensor, Tensor | None]:
         b, h, w, _ = x.shape
-        assert self.encoding is not None
-        row, col = self.encoding.axis_logits(h, w)  # (heads, H, H), (heads, W, W)
-        row, col = row.softmax(dim=-1), col.softmax(dim=-1)
-        if self.value is None:
-            values = x.unsqueeze(1)  # (B, 1, H, W, dim), shared by all heads
-        else:
-            values = self.value(x).view(b, h, w, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
-        mixed = separable_mix(row, col, values)  # (B, heads, H, W, head_dim)
-        mixed = mixed.permute(0, 2, 3, 1, 4).reshape(b, h, w, self.heads * self.head_dim)
+        row, col = self._axis_probabilities(h, w)  # (heads, H, H), (heads, W, W)
+        attn = None
+        if return_attention:
+            attn = (row[:, :, None, :, None] * col[:, None, :, None, :]).unsqueeze(0)
+        if self._dropout_active():  # attn_dropout_mode == "factors"
+            row, col = factor_dropout(row, col, b, self.attn_dropout.p)  # (B, heads, ., .)
+        if self.value is not None:  # projected values: the generic factorised product
+            v = self.value(x)
+            values = v.view(b, h, w, self.heads, self.head_dim).permute(0, 3, 1, 2, 4)
+            mixed = separable_mix(row.to(v.dtype), col.to(v.dtype), values)  # (B, heads, H, W, D)
+            mixed = mixed.permute(0, 2, 3, 1, 4).reshape(b, h, w, self.heads * self.head_dim)
+            return self.out(mixed), attn
+        dtype = compute_dtype(x)
+        fuse = self._fuse_output()
+        with full_precision(x.device.type):
+            weight = self.out.weight.to(dtype) if fuse else None
+            bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
+            y = separable_attention(x.to(dtype), row.to(dtype), col.to(dtype), weight, bias)
+        if not fuse:
+            y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
+        return y, attn
+
+    def _forward_dense(self, x: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:
+        _, h, w, _ = x.shape
+        assert self.encoding is not None and self.value is None
+        with full_precision(x.device.type):
+            logits = self._factored_logits(h, w)  # (heads, H, W, H, W)
+            attn = softmax_attention(logits)  # computed once, independently of the batch
+        dtype = compute_dtype(x)
+        p = self.attn_dropout.p if self._dropout_active() else 0.0
+        with full_precision(x.device.type):
+            probs = attn.reshape(self.heads, h * w, h * w).to(dtype)  # (heads, N, N)
+            mixed = shared_attention(x.to(dtype), probs, None, dropout=p)  # (B, H, W, heads D)
         y = self.out(mixed)  # (B, H, W, out_dim)
-        if not return_attention:
-            return y
-        attn = row[:, :, None, :, None] * col[:, None, :, None, :]  # (heads, H, W, H, W)
-        return y, attn.unsqueeze(0)
+        return y, (attn.unsqueeze(0) if return_attention else None)
+
+    def _factored_logits(self, height: int, width: int) -> Tensor:
+        """Positional logits ``(heads, H, W, H, W)`` as key-row + key-column (+ cross) terms.
+
+        Same softmax as ``encoding.logits`` (they differ by a constant per query), built with
+        two broadcast additions instead of the elementwise formula over the full grid.
+        """
+        assert self.encoding is not None
+        dtype = self._logit_dtype()
+        factors = getattr(self.encoding, "query_key_factors", None)
+        if factors is None:
+            return self.encoding.logits(height, width).to(dtype)
+        row, col, cross = factors(height, width)  # (heads, H, W, H), (heads, H, W, W), (heads,)
+        logits = row.to(dtype)[..., :, None] + col.to(dtype)[..., None, :]
+        if cross is not None:
+            k = torch.arange(height, dtype=dtype, device=row.device) - (height - 1) / 2
+            l = torch.arange(width, dtype=dtype, device=row.device) - (width - 1) / 2
+            feature = k[:, None] * l[None, :]  # (H, W): the key feature k' l'
+            logits = logits + cross.to(dtype).view(-1, 1, 1, 1, 1) * feature
+        return logits
+
+    def _forward_fused(self, x: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:
+        b, h, w, _ = x.shape
+        n = h * w
+        q, k = self._projected_qk(x)  # (B, H, W, heads, qk_dim), autocast like nn.Linear
+        values = self.values(x)  # (B, heads or 1, N, head_dim)
+        dtype, ldtype = compute_dtype(x), self._logit_dtype()
+        scale = 1.0 / math.sqrt(self.qk_dim)
+        row = col = cross = None
+        enc = self.encoding
+        with full_precision(x.device.type):
+            # content_attention scales every score by 1/sqrt(d) inside the kernel: the learned
+            # relative scores share the content's scale (reference), a batch-shared positional
+            # term G enters as sqrt(d) G.
+            if isinstance(enc, LearnedRelativeEncoding) and enc.query_dependent:
+                row, col = enc.relative_logits(q.to(ldtype))  # (B, heads, H, W, H|W)
+            elif enc is not None:
+                row, col, cross = enc.query_key_factors(h, w)  # type: ignore[attr-defined]
+                unscale = math.sqrt(self.qk_dim)
+                row = row.to(ldtype).unsqueeze(0) * unscale
+                col = col.to(ldtype).unsqueeze(0) * unscale
+                cross = None if cross is None else cross.to(ldtype) * unscale
+            p = self.attn_dropout.p if self._dropout_active() else 0.0
+            out = content_attention(
+                q.view(b, n, self.heads, self.qk_dim).transpose(1, 2).to(dtype),
+                k.view(b, n, self.heads, self.qk_dim).transpose(1, 2).to(dtype),
+                values.to(dtype),
+                None if row is None else row.to(dtype), None if col is None else col.to(dtype),
+                None if cross is None else cross.to(dtype), scale=scale, dropout=p)
+        mixed = out.transpose(1, 2).reshape(b, h, w, self.heads * self.head_dim)
+        y = self.out(mixed)  # (B, H, W, out_dim)
+        return y, (self.attention(x) if return_attention else None)
 
     # ----------------------------------------------------------------------------------------
     # Introspection

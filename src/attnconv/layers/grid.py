@@ -1,8 +1,13 @@
-"""Relative coordinates of a token grid, built for the size at hand (no stored buffers).
+"""Relative coordinates of a token grid, cached per size and device (never in checkpoints).
 
 A query pixel ``q = (i, j)`` and a key pixel ``k = (k, l)`` are related by the shift
 ``delta = k - q`` (PAPER section 1). Attention tensors in attnconv are laid out as
 ``(..., H, W, H, W)``: query row, query column, key row, key column.
+
+The grids are tiny (``size x size`` integers per axis, never ``(HW) x (HW)``) and kept in a plain
+dict cache keyed by ``(size, device)``, so they are neither buffers nor part of a ``state_dict``
+(unlike the authors' 125 MB relative-coordinate buffer per layer, PAPER section 6). Cached
+tensors are read-only by convention: callers derive new tensors from them.
 """
 
 from __future__ import annotations
@@ -10,18 +15,41 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+_OFFSETS: dict[tuple[int, str], Tensor] = {}
+_MAX_CACHED = 256  # sizes x devices; a long-running process with many sizes starts over
 
-def axis_offsets(size: int, *, device: torch.device | None = None) -> Tensor:
-    """Return ``d[q, k] = k - q`` for one axis of length ``size`` as an int64 ``(size, size)``."""
-    r = torch.arange(size, device=device)
-    return r[None, :] - r[:, None]  # (q, k)
+
+def _cacheable(device: torch.device) -> bool:
+    # Fake/functional tensors (torch.compile tracing) must not be cached as real constants.
+    return not torch.compiler.is_compiling() and device.type != "meta"
+
+
+def axis_offsets(size: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Return ``d[q, k] = k - q`` for one axis of length ``size`` as an int64 ``(size, size)``.
+
+    The result is cached per ``(size, device)``; do not modify it in place.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (size, str(device))
+    cached = _OFFSETS.get(key)
+    if cached is not None:
+        return cached
+    # Built outside inference mode so that autograd may save it (index tensors are saved).
+    with torch.inference_mode(False), torch.no_grad():
+        r = torch.arange(size, device=device)
+        offsets = r[None, :] - r[:, None]  # (q, k)
+    if _cacheable(device):
+        if len(_OFFSETS) >= _MAX_CACHED:
+            _OFFSETS.clear()
+        _OFFSETS[key] = offsets
+    return offsets
 
 
 def relative_grid(
     height: int,
     width: int,
     *,
-    device: torch.device | None = None,
+    device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """Row and column shifts ``delta = k - q`` as broadcastable views.
@@ -32,3 +60,8 @@ def relative_grid(
     d_row = axis_offsets(height, device=device).to(dtype).view(height, 1, height, 1)
     d_col = axis_offsets(width, device=device).to(dtype).view(1, width, 1, width)
     return d_row, d_col
+
+
+def clear_cache() -> None:
+    """Forget every cached grid (e.g. to release device memory)."""
+    _OFFSETS.clear()

@@ -20,6 +20,31 @@ from attnconv.layers.base import RelativeEncoding
 from attnconv.layers.grid import axis_offsets
 
 
+def relative_logits(query: Tensor, table: Tensor, size: int, max_size: int, axis: int) -> Tensor:
+    """``out[..., k] = query[...] . table[k - a + max_size - 1]``, ``a`` the index on ``axis``.
+
+    Args:
+        query: ``(..., d)``; its dimension ``axis`` (of length ``size``) is the query coordinate
+            ``a`` along the table's direction.
+        table: ``(2 max_size - 1, d)`` embeddings of the shifts ``-(max_size - 1)..max_size - 1``.
+        size: grid size along that direction (``<= max_size``).
+        max_size: the table's maximal size.
+
+    Returns:
+        ``query.shape[:-1] + (size,)``: the score of every key coordinate ``k``. The scores of
+        the ``2 size - 1`` shifts that occur are one product ``query @ table[window]^T``; an
+        index gather then reads shift ``k - a`` for each ``(a, k)`` -- no ``(size, size, d)``
+        table gather and no copy of the queries.
+    """
+    window = table[max_size - size:max_size + size - 1]  # (2 size - 1, d): shifts -(size-1)..
+    scores = query @ window.t()  # (..., 2 size - 1)
+    index = axis_offsets(size, device=query.device) + (size - 1)  # index[a, k] = k - a + size-1
+    shape = [1] * scores.dim()
+    shape[axis], shape[-1] = size, size
+    index = index.view(shape).expand(*scores.shape[:-1], size)
+    return torch.gather(scores, -1, index)  # (..., size)
+
+
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
@@ -84,6 +109,35 @@ class LearnedRelativeEncoding(RelativeEncoding):
         row = torch.einsum("hd,ikd->hik", self.row_score, r_row)  # (heads, H, H)
         col = torch.einsum("hd,jld->hjl", self.col_score, r_col)  # (heads, W, W)
         return row, col
+
+    def query_key_factors(self, height: int, width: int) -> tuple[Tensor, Tensor, None]:
+        """Positional-only logits as a key-row plus a key-column term (see :mod:`.content`).
+
+        Returns ``row (heads, H, W, H)``, ``col (heads, H, W, W)`` (broadcast views) and no
+        cross term.
+        """
+        row, col = self.axis_logits(height, width)  # (heads, H, H), (heads, W, W)
+        return (row[:, :, None, :].expand(self.heads, height, width, height),
+                col[:, None, :, :].expand(self.heads, height, width, width), None)
+
+    def relative_logits(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """Query-dependent row and column scores by "relative logits" (no big gather).
+
+        Args:
+            query: ``(B, H, W, heads, 2 dim)`` queries in the projection's own layout.
+
+        Returns:
+            ``row (B, heads, H, W, H)`` with ``row[b, h, i, j, k] = q_row . r_row[k - i]`` and
+            ``col (B, heads, H, W, W)`` with ``col[b, h, i, j, l] = q_col . r_col[l - j]``
+            (permuted views). Each is one product with the ``2 size - 1`` table rows that
+            occur, ``(B H W heads, dim) @ (dim, 2 size - 1)``, then an index gather.
+        """
+        _, height, width, _, _ = query.shape
+        self.check_size(height, width)
+        q_row, q_col = query.split(self.dim, dim=-1)  # (B, H, W, heads, dim) each
+        row = relative_logits(q_row, self.row_embeddings, height, self.max_height, axis=1)
+        col = relative_logits(q_col, self.col_embeddings, width, self.max_width, axis=2)
+        return row.permute(0, 3, 1, 2, 4), col.permute(0, 3, 1, 2, 4)
 
     def logits(self, height: int, width: int, query: Tensor | None = None) -> Tensor:
         """Positional-only: ``(heads, H, W, H, W)``; query-dependent: ``(B, heads, H, W, H, W)``.

@@ -79,6 +79,16 @@ class QuadraticEncoding(RelativeEncoding):
         col = -alpha * (cols - self.centers[:, 1, None, None]) ** 2  # (heads, W, W)
         return row, col
 
+    def query_key_factors(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The logits as a key-row term plus a key-column term (see :mod:`.content`).
+
+        Returns ``row (heads, H, W, H)`` with ``row[h, i, j, k] = -alpha (k - i - D_1)^2``,
+        ``col (heads, H, W, W)`` likewise, and no cross term (``None``). Broadcast views.
+        """
+        row, col = self.axis_logits(height, width)  # (heads, H, H), (heads, W, W)
+        return (row[:, :, None, :].expand(self.heads, height, width, height),
+                col[:, None, :, :].expand(self.heads, height, width, width), None)
+
     def gaussian_parameters(self) -> GaussianHeads:
         """Centres, ``Sigma^-1 = 2 alpha I`` and ``alpha``, detached, in pixels."""
         alpha = self.alpha.detach()
@@ -133,6 +143,60 @@ class QuadraticFullEncoding(RelativeEncoding):
         m = self.inv_covariance.view(self.heads, 4, 1, 1, 1, 1)
         quad = m[:, 0] * a**2 + (m[:, 1] + m[:, 2]) * a * b + m[:, 3] * b**2
         return -0.5 * quad  # (heads, H, W, H, W)
+
+    def is_diagonal(self) -> bool:
+        """True when every head's ``Sigma^-1 = S S^T`` is exactly diagonal (then separable).
+
+        Tested bitwise: ``(S S^T)[0, 1] = s00 s10 + s01 s11 == 0`` for every head.
+        """
+        off = self.inv_covariance[:, 0, 1]
+        return bool((off == 0).all())
+
+    def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Separable form for a diagonal ``Sigma^-1`` (check :meth:`is_diagonal` first).
+
+        ``-1/2 [m00 (delta_1 - D_1)^2 + m11 (delta_2 - D_2)^2]`` as row ``(heads, H, H)`` and
+        column ``(heads, W, W)`` logits. The cross term ``-m01 (delta_1 - D_1)(delta_2 - D_2)``
+        is left out: exact for the value (``m01 = 0``) but not for the gradient with respect to
+        ``S`` (``d logit / d m01 != 0``), so layers use it only when ``S`` needs no gradient.
+        """
+        m = self.inv_covariance  # (heads, 2, 2)
+        rows = axis_offsets(height, device=self.centers.device).to(self.centers.dtype)
+        cols = axis_offsets(width, device=self.centers.device).to(self.centers.dtype)
+        row = -0.5 * m[:, 0, 0, None, None] * (rows - self.centers[:, 0, None, None]) ** 2
+        col = -0.5 * m[:, 1, 1, None, None] * (cols - self.centers[:, 1, None, None]) ** 2
+        return row, col  # (heads, H, H), (heads, W, W)
+
+    def query_key_factors(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The logits as key-row + key-column terms plus a rank-one cross term (exact).
+
+        With ``a = k - (i + D_1)``, ``b = l - (j + D_2)`` and ``s = (m01 + m10) / 2``,
+        ``-1/2 (m00 a^2 + 2 s a b + m11 b^2)``. Writing ``k' = k - (H-1)/2``, ``l' = l - (W-1)/2``
+        (centred key coordinates) and ``c_i = i + D_1 - (H-1)/2``, ``c_j = j + D_2 - (W-1)/2``,
+        ``a b = k' l' - k' c_j - c_i l' + c_i c_j``, so up to ``-s c_i c_j`` (constant over the
+        keys, no effect on the softmax)::
+
+            logit = [-m00 a^2 / 2 + s c_j k']  +  [-m11 b^2 / 2 + s c_i l']  +  (-s) k' l'
+
+        Returns ``row (heads, H, W, H)``, ``col (heads, H, W, W)`` and ``cross (heads,)``, the
+        coefficient of the key feature ``k' l'``.
+        """
+        m = self.inv_covariance  # (heads, 2, 2)
+        dtype, device = self.centers.dtype, self.centers.device
+        s = 0.5 * (m[:, 0, 1] + m[:, 1, 0])  # (heads,)
+        k = torch.arange(height, dtype=dtype, device=device)  # key rows
+        l = torch.arange(width, dtype=dtype, device=device)  # key columns
+        ci = k[None, :] + self.centers[:, 0, None] - (height - 1) / 2  # (heads, H) query rows
+        cj = l[None, :] + self.centers[:, 1, None] - (width - 1) / 2  # (heads, W) query cols
+        kc, lc = k - (height - 1) / 2, l - (width - 1) / 2  # centred key coordinates
+        h = self.heads
+        a2 = (kc[None, None, :] - ci[:, :, None]) ** 2  # (heads, H(i), H(k))
+        b2 = (lc[None, None, :] - cj[:, :, None]) ** 2  # (heads, W(j), W(l))
+        row = (-0.5 * m[:, 0, 0, None, None, None] * a2[:, :, None, :]
+               + (s[:, None] * cj)[:, None, :, None] * kc)  # (heads, H, W, H)
+        col = (-0.5 * m[:, 1, 1, None, None, None] * b2[:, None, :, :]
+               + (s[:, None] * ci)[:, :, None, None] * lc)  # (heads, H, W, W)
+        return row.expand(h, height, width, height), col.expand(h, height, width, width), -s
 
     def gaussian_parameters(self) -> GaussianHeads:
         """Centres and ``Sigma^-1``, detached, in pixels."""

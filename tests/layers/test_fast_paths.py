@@ -1,0 +1,324 @@
+"""Every exact fast algorithm against the reference computation: outputs and gradients.
+
+Runs in float64 (``conftest.py``) on several grid sizes, square and not. The reference is
+``impl="reference"``; the fast path is whatever :meth:`SelfAttention2d.algorithm` picks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnconv.layers import SelfAttention2d
+from attnconv.layers.attention import reference_attention
+from attnconv.layers.content import key_features
+from attnconv.layers.learned import relative_logits
+from attnconv.layers.separable import factor_dropout, separable_attention
+
+SIZES = [(1, 1), (5, 9), (9, 2), (16, 16)]
+CASES = {
+    # name: (layer kwargs, the exact fast algorithms for it in eval mode)
+    "quadratic": (dict(encoding="quadratic"), ("separable", "dense")),
+    "learned": (dict(encoding="learned", max_size=16), ("separable", "dense")),
+    "quadratic-value-proj": (dict(encoding="quadratic", head_dim=3, value_proj=True),
+                             ("separable",)),
+    "quadratic-full": (dict(encoding="quadratic-full"), ("dense",)),
+    "learned+content": (dict(encoding="learned", content=True, max_size=16), ("fused",)),
+    "quadratic+content": (dict(encoding="quadratic", content=True), ("fused",)),
+    "quadratic-full+content": (dict(encoding="quadratic-full", content=True), ("fused",)),
+    "content-only": (dict(encoding="none", content=True), ("fused",)),
+    "learned+content-value-proj": (dict(encoding="learned", content=True, max_size=16,
+                                        head_dim=3, value_proj=True), ("fused",)),
+}
+
+
+def _outputs_and_grads(layer: SelfAttention2d, x: torch.Tensor) -> list[torch.Tensor]:
+    y = layer(x)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(y.square().sum(), [x, *params])
+    return [y.detach(), *grads]
+
+
+def _assert_matches_reference(layer: SelfAttention2d, x: torch.Tensor, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    fast = _outputs_and_grads(layer, x)
+    impl, layer.impl = layer.impl, "reference"
+    try:
+        torch.manual_seed(seed)
+        ref = _outputs_and_grads(layer, x)
+    finally:
+        layer.impl = impl
+    torch.testing.assert_close(fast[0], ref[0], atol=1e-12, rtol=1e-10)
+    for g_fast, g_ref in zip(fast[1:], ref[1:], strict=True):
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_fast_path_equals_reference(name: str, size: tuple[int, int]) -> None:
+    kwargs, algorithms = CASES[name]
+    torch.manual_seed(7)
+    layer = SelfAttention2d(6, 3, out_dim=5, **kwargs).eval()
+    assert layer.applicable_algorithms() == (*algorithms, "reference")
+    x = torch.randn(2, *size, 6, requires_grad=True)
+    for algorithm in algorithms:
+        layer.impl = algorithm
+        assert layer.algorithm() == algorithm
+        _assert_matches_reference(layer, x)
+        # the attention maps returned by the fast path are the reference's, too
+        _, attn_fast = layer(x, return_attention=True)
+        with reference_attention():
+            _, attn_ref = layer(x, return_attention=True)
+        torch.testing.assert_close(attn_fast, attn_ref, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "learned", "quadratic-full"])
+def test_training_without_dropout_uses_the_fast_path(encoding: str) -> None:
+    torch.manual_seed(8)
+    layer = SelfAttention2d(4, 2, encoding=encoding, max_size=7).train()
+    assert layer.algorithm() == ("dense" if encoding == "quadratic-full" else "separable")
+    _assert_matches_reference(layer, torch.randn(3, 7, 5, 4, requires_grad=True))
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "learned", "quadratic-full"])
+def test_dense_dropout_keeps_the_paper_semantics(encoding: str) -> None:
+    """Dropout on the probabilities, an independent mask per image, head, query and key."""
+    torch.manual_seed(9)
+    b, h, w, heads, p = 3, 4, 5, 2, 0.3
+    n = h * w
+    layer = SelfAttention2d(4, heads, encoding=encoding, attn_dropout=p, max_size=5).train()
+    assert layer.algorithm() == "dense"
+    x = torch.randn(b, h, w, 4, requires_grad=True)
+    torch.manual_seed(123)
+    y = layer(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    # The dense path draws F.dropout over (B, N heads, N) = (b, q, h, k): replay the mask.
+    torch.manual_seed(123)
+    keep = F.dropout(torch.ones(b, n * heads, n), p, training=True) > 0
+    mask = keep.view(b, n, heads, n).permute(0, 2, 1, 3)  # (b, heads, q, k)
+    assert not torch.equal(mask[0], mask[1])  # masks differ between images
+
+    def expected(x: torch.Tensor) -> torch.Tensor:
+        probs = layer.attention(x).reshape(1, heads, n, n) * mask / (1 - p)  # (b, heads, N, N)
+        mixed = probs @ x.reshape(b, 1, n, 4)  # (b, heads, N, D)
+        return layer.out(mixed.transpose(1, 2).reshape(b, h, w, heads * 4))
+
+    y_ref = expected(x)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-10)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "learned"])
+def test_factor_dropout_is_separable_and_matches_its_reference(encoding: str) -> None:
+    torch.manual_seed(10)
+    layer = SelfAttention2d(4, 2, encoding=encoding, attn_dropout=0.4,
+                            attn_dropout_mode="factors", max_size=6).train()
+    assert layer.algorithm() == "separable"
+    _assert_matches_reference(layer, torch.randn(3, 6, 5, 4, requires_grad=True), seed=5)
+    layer.eval()
+    assert layer.algorithm() == "separable"
+
+
+def test_fused_content_attention_dropout_trains() -> None:
+    torch.manual_seed(18)
+    layer = SelfAttention2d(4, 2, encoding="learned", content=True, attn_dropout=0.5,
+                            max_size=4, impl="fused")
+    x = torch.randn(2, 4, 3, 4, requires_grad=True)
+    y1, y2 = layer(x), layer(x)
+    assert not torch.allclose(y1, y2)  # fresh masks
+    y1.sum().backward()
+    assert x.grad is not None and layer.encoding.row_embeddings.grad is not None
+    layer.eval()
+    torch.testing.assert_close(layer(x), layer(x))
+
+
+def test_factor_dropout_law() -> None:
+    """Joint weights are 0 or R C / (1 - p): the marginal law of probability dropout."""
+    torch.manual_seed(11)
+    row, col = torch.rand(2, 3, 3).softmax(-1), torch.rand(2, 4, 4).softmax(-1)
+    p = 0.36
+    row_b, col_b = factor_dropout(row, col, 4000, p)
+    joint = row_b[:, :, :, None, :, None] * col_b[:, :, None, :, None, :]
+    base = (row[:, :, None, :, None] * col[:, None, :, None, :]) / (1 - p)
+    kept = joint != 0
+    torch.testing.assert_close(joint[kept], base.expand_as(joint)[kept])
+    assert kept.double().mean().item() == pytest.approx(1 - p, abs=0.005)
+    with pytest.raises(ValueError, match="factors"):
+        SelfAttention2d(4, 2, encoding="quadratic-full", attn_dropout_mode="factors")
+    with pytest.raises(ValueError, match="attn_dropout_mode"):
+        SelfAttention2d(4, 2, attn_dropout_mode="keys")
+
+
+def test_separable_attention_chunks_and_per_image_factors() -> None:
+    torch.manual_seed(12)
+    x = torch.randn(5, 4, 3, 2, requires_grad=True)
+    for lead in [(), (5,)]:
+        row = torch.rand(*lead, 3, 4, 4).softmax(-1).requires_grad_()
+        col = torch.rand(*lead, 3, 3, 3).softmax(-1).requires_grad_()
+        weight = torch.randn(6, 3 * 2, requires_grad=True)
+        bias = torch.randn(6, requires_grad=True)
+        pattern = "hik,hjl,bkld->bijhd" if not lead else "bhik,bhjl,bkld->bijhd"
+        mixed = torch.einsum(pattern, row, col, x).reshape(5, 4, 3, 6)
+        torch.testing.assert_close(separable_attention(x, row, col), mixed)
+        expected = mixed @ weight.t() + bias
+        for chunk in (1, 2, 5):
+            torch.testing.assert_close(
+                separable_attention(x, row, col, weight, bias, chunk=chunk), expected)
+        assert torch.autograd.gradcheck(
+            lambda *t: separable_attention(*t, chunk=2), (x, row, col, weight, bias))
+        assert torch.autograd.gradcheck(lambda *t: separable_attention(*t, chunk=3), (x, row, col))
+
+
+def test_diagonal_full_covariance_is_separable_only_without_gradient() -> None:
+    """Sigma^-1 diagonal: exact values, but d logit / d m01 != 0, so S's gradient needs dense."""
+    torch.manual_seed(13)
+    layer = SelfAttention2d(4, 2, encoding="quadratic-full").eval()
+    layer.encoding.set_gaussian_parameters(torch.tensor([[0.5, -1.0], [1.5, 0.0]]),
+                                           torch.diag_embed(torch.tensor([[0.7, 1.3],
+                                                                          [2.0, 0.4]])))
+    assert layer.encoding.is_diagonal()
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    assert layer.algorithm() == "dense"  # S needs a gradient
+    _assert_matches_reference(layer, x)
+    grad_s = torch.autograd.grad(layer(x).square().sum(), layer.encoding.s)[0]
+    assert grad_s[:, 1, 0].abs().min() > 0  # the off-diagonal gradient exists
+    with torch.no_grad():
+        assert layer.algorithm() == "separable"
+        y = layer(x)
+        with reference_attention():
+            torch.testing.assert_close(y, layer(x), atol=1e-12, rtol=1e-10)
+    layer.encoding.s.requires_grad_(False)
+    assert layer.algorithm() == "separable"
+    _assert_matches_reference(layer, x)
+    with torch.no_grad():
+        layer.encoding.s[0, 1, 0] = 1e-3  # no longer diagonal
+    assert layer.algorithm() == "dense"
+
+
+def test_query_key_factors_reproduce_the_logits() -> None:
+    """row[k] + col[l] + cross k' l' equals the logits up to a constant per query."""
+    torch.manual_seed(14)
+    for enc_kwargs in [dict(encoding="quadratic"), dict(encoding="quadratic-full"),
+                       dict(encoding="learned", max_size=6)]:
+        layer = SelfAttention2d(4, 3, **enc_kwargs)
+        enc = layer.encoding
+        for h, w in [(1, 1), (4, 6), (5, 2)]:
+            row, col, cross = enc.query_key_factors(h, w)
+            feats = key_features(h, w, cross is not None, dtype=row.dtype, device=row.device)
+            coef = torch.cat([row, col] + ([cross.view(3, 1, 1, 1).expand(3, h, w, 1)]
+                                           if cross is not None else []), dim=-1)
+            factored = (coef @ feats.t()).view(3, h, w, h, w)
+            diff = (enc.logits(h, w) - factored).flatten(-2)  # (heads, H, W, keys)
+            torch.testing.assert_close(diff, diff[..., :1].expand_as(diff))
+
+
+def test_relative_logits_match_the_table_gather() -> None:
+    torch.manual_seed(15)
+    table = torch.randn(2 * 7 - 1, 3)
+    q = torch.randn(2, 5, 4, 3)  # the query coordinate along the table is axis 1
+    out = relative_logits(q, table, 5, 7, axis=1)  # (2, 5, 4, 5)
+    for b, a, j, k in itertools.product(range(2), range(5), range(4), range(5)):
+        expected = q[b, a, j] @ table[k - a + 6]
+        assert out[b, a, j, k].item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+def test_output_hooks_fire_and_results_agree() -> None:
+    torch.manual_seed(16)
+    layer = SelfAttention2d(4, 2).eval()
+    x = torch.randn(2, 5, 5, 4)
+    y_fused = layer(x)
+    seen = []
+    handle = layer.out.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    try:
+        y_hooked = layer(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 5, 5, 8])]
+    torch.testing.assert_close(y_hooked, y_fused, atol=1e-12, rtol=1e-10)
+
+
+def test_no_buffers_in_checkpoints_and_non_contiguous_input() -> None:
+    for kwargs in [dict(encoding="quadratic"), dict(encoding="learned", content=True,
+                                                    impl="fused")]:
+        layer = SelfAttention2d(4, 2, max_size=8, **kwargs)
+        assert list(layer.buffers()) == []
+        assert set(layer.state_dict()) == {name for name, _ in layer.named_parameters()}
+        x = torch.randn(2, 4, 6, 5).permute(0, 3, 2, 1)  # (2, 5, 6, 4) non-contiguous
+        _assert_matches_reference(layer.eval(), x.requires_grad_())
+
+
+def test_grids_are_cached_per_size() -> None:
+    from attnconv.layers.grid import axis_offsets
+
+    assert axis_offsets(7) is axis_offsets(7)
+    with torch.inference_mode():
+        cached = axis_offsets(11)
+    assert not cached.is_inference()  # usable by autograd later
+    torch.testing.assert_close(axis_offsets(3), torch.tensor([[0, 1, 2], [-1, 0, 1],
+                                                              [-2, -1, 0]]))
+
+
+def test_algorithm_choice_and_reference_switch() -> None:
+    layer = SelfAttention2d(4, 2, attn_dropout=0.1)
+    assert layer.algorithm() == "dense"  # training with probability dropout
+    layer.eval()
+    assert layer.algorithm() == "separable"
+    with reference_attention():
+        assert layer.algorithm() == "reference"
+    assert layer.algorithm() == "separable"
+    assert SelfAttention2d(4, 2, impl="reference").eval().algorithm() == "reference"
+    assert SelfAttention2d(4, 2, encoding="quadratic-full").eval().algorithm() == "dense"
+    content = SelfAttention2d(4, 2, content=True).eval()
+    with torch.no_grad():
+        assert content.algorithm() == "fused"  # inference: the fused kernel
+    # training on a CPU: the reference's matrix products beat the fused CPU backward
+    assert content.algorithm() == "reference"
+    projected = SelfAttention2d(4, 2, head_dim=3, attn_dropout=0.1)
+    assert projected.algorithm() == "reference"  # projected values under probability dropout
+    with pytest.raises(ValueError, match="unknown impl"):
+        SelfAttention2d(4, 2, impl="fast")
+    forced = SelfAttention2d(4, 2, encoding="quadratic-full", impl="separable").eval()
+    with pytest.raises(ValueError, match="not exact"):
+        forced(torch.randn(1, 3, 3, 4))
+
+
+# ------------------------------------------------------------------------------------------
+# Converted convolutions (Theorem 1) through the fast path: still exact.
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 5), padding=(1, 2), stride=2),
+    dict(kernel_size=3, dilation=2, padding="same", padding_mode="reflect"),
+    dict(kernel_size=2, groups=2),
+])
+def test_converted_conv_is_exact_on_the_fast_path(kwargs: dict) -> None:
+    from attnconv.theorem import conv_to_attention, max_errors
+
+    torch.manual_seed(17)
+    conv = nn.Conv2d(4, 6, **kwargs).double()
+    module = conv_to_attention(conv)  # alpha ~ 746 in float64: one-hot rows
+    x = torch.randn(2, 4, 9, 7)
+    for training in (False, True):
+        module.train(training)
+        assert module.attention.algorithm() == "separable"
+        _, rel = max_errors(module(x), conv(x))
+        assert rel < 1e-12
+
+
+def test_one_hot_softmax_rows_are_exact() -> None:
+    """softmax(-alpha (k - i - c)^2) with alpha = 746 is bitwise one-hot in float64."""
+    from attnconv.theorem import exact_alpha
+
+    layer = SelfAttention2d(2, 1)
+    layer.encoding.set_gaussian_parameters(torch.tensor([[1.0, -2.0]]), exact_alpha(torch.float64))
+    row, col = layer._axis_probabilities(6, 7)
+    assert torch.equal(row[0, 2], F.one_hot(torch.tensor(3), 6).double())
+    assert torch.equal(col[0, 4], F.one_hot(torch.tensor(2), 7).double())
+    assert math.isfinite(row.sum().item())

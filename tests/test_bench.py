@@ -1,0 +1,67 @@
+"""``attnconv bench``: the whole measuring logic on a toy configuration (numbers not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attnconv.bench import peak_memory, quick_config
+from attnconv.cli import main
+
+
+def test_bench_tiny_writes_table_and_json(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--tiny", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Layers" in printed and "## Models" in printed and "## Targets" in printed
+    result = json.loads(out.read_text())
+    assert set(result) >= {"config", "machine", "peak", "layers", "models", "targets", "notes",
+                           "seconds"}
+    assert result["peak"]["fp32_gflops"] > 0
+    encodings = {r["encoding"] for r in result["layers"]}
+    assert encodings == {"conv3x3", "quadratic", "quadratic-full", "learned", "learned+content",
+                         "learned+content@fused"}
+    for row in result["layers"]:
+        if row["encoding"] == "conv3x3":
+            continue
+        for key in ("ref_fwd_s", "fast_fwd_s", "ref_fwd_bwd_s", "fast_fwd_bwd_s",
+                    "ref_mixing_fwd_bwd_s", "fast_mixing_fwd_bwd_s", "projection_fwd_bwd_s",
+                    "speedup_fwd_bwd", "mixing_speedup_fwd_bwd", "fast_vs_conv_fwd_bwd",
+                    "max_abs_diff", "ref_peak_bytes", "fast_peak_bytes", "fast_algorithm"):
+            assert key in row, key
+        assert row["max_abs_diff"] < 1e-4
+    models = {(r["model"], r["precision"], r.get("attn_dropout")) for r in result["models"]}
+    assert ("sa-quadratic", "fp32", 0.1) in models and ("sa-quadratic", "fp32", 0.0) in models
+    assert ("sa-quadratic", "bf16", 0.0) in models and ("resnet18", "fp32", None) in models
+    sa = next(r for r in result["models"] if r["model"] == "sa-quadratic")
+    for key in ("ref_train_images_s", "fast_train_images_s", "train_speedup",
+                "ref_infer_images_s", "fast_infer_images_s", "ref_train_peak_bytes",
+                "fast_train_peak_bytes", "fast_train_gflops", "fast_macs_per_image"):
+        assert key in sa, key
+    assert len(result["targets"]) == 10
+    assert all({"target", "value", "reached"} <= set(t) for t in result["targets"])
+
+
+def test_quick_config_is_smaller_than_full() -> None:
+    cfg = quick_config("cpu")
+    assert cfg.iters <= 2 and cfg.model_batch < 32 and len(cfg.layer_sizes) == 2
+
+
+def test_peak_memory_sees_a_large_allocation() -> None:
+    import torch
+
+    peak = peak_memory(lambda: torch.ones(64 * 2**20 // 4).sum(), torch.device("cpu"))
+    if peak is not None:  # None where /proc is unavailable
+        assert peak >= 48 * 2**20
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["bench", "--tiny", "--device", "cuda"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
