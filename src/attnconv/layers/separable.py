@@ -22,11 +22,12 @@ and :class:`SeparableAttention` computes it in three matrix products per chunk o
 ("mix, then project"), every one on the natural layout of its operands so that nothing large is
 ever permuted:
 
-1. columns: ``a[b, k, (j, h), :] = sum_l Ccol[(j, h), l] x[b, k, l, :]`` -- one batched product
+1. columns: ``a[k, b, (j, h), :] = sum_l Ccol[(j, h), l] x[b, k, l, :]`` -- one batched product
    whose left factor ``Ccol`` stacks the 9 heads' ``C_h`` (M = 9 W rows, shared by every
-   ``(b, k)``);
-2. rows: ``m[b, i, (j, h), :] = sum_k R_h[i, k] a[b, k, (j, h), :]`` -- a batched product over
-   ``(j, h)`` on strided views of ``a`` and ``m`` (no copy);
+   ``(k, b)``; the chunk of ``x`` is first transposed to rows-first, a small copy);
+2. rows: ``m[b, i, (j, h), :] = sum_k R_h[i, k] a[k, b, (j, h), :]`` -- one batched product over
+   all ``(b, j, h)`` reading a strided view of ``a`` into a contiguous block (MKL's batched
+   GEMM), copied once into ``m``'s token-major layout (a chunk-sized copy, in cache);
 3. projection: ``y = m (B H W, heads D) @ W_out^T + b_out`` -- ``m`` is already laid out as the
    reference's concatenation of heads, so this is one GEMM of the reference's size.
 
@@ -37,9 +38,11 @@ upstream gradient ``g``:
 
 * ``P = g W_out`` (the gradient of ``m``; one GEMM), ``dW_out = g^T m`` (one GEMM; ``m``
   recomputed by steps 1-2, which cost ~1/20 of a GEMM);
-* ``dR_h[i, k] = sum P[b, i, (j, h), d] a[b, k, (j, h), d]``, ``da = R^T P`` (rows, transposed);
-* ``dx[b, k, l] = sum_{(j, h)} Ccol[(j, h), l] da[b, k, (j, h)]`` (the head sum fused into one
-  product with K = 9 W), ``dCcol = sum da x^T``.
+* ``dR_h[i, k] = sum P[i, (b, j, h), d] a[k, (b, j, h), d]`` (one batched product, ``P``
+  computed from the rows-first gradient so that ``(b, j, h)`` is one batch axis); ``da = R^T P``,
+  written in the layout ``(b, (j, h), k, d)`` that a batched product produces without a copy;
+* ``dx[b, :, l] = sum_{(j, h)} Ccol[(j, h), l] da[b, (j, h), :]`` (the head sum fused into one
+  product with K = 9 W, per image), ``dCcol = sum_b da[b] x[b]^T`` (K = H D).
 
 Images are processed in chunks (:func:`default_chunk`): on a CPU the per-chunk intermediates
 stay in cache and reuse allocator blocks instead of faulting in fresh pages; on a GPU one chunk
@@ -99,45 +102,52 @@ def _stack_columns(col: Tensor) -> Tensor:
     return col.transpose(-3, -2).reshape(*col.shape[:-3], width * heads, width)
 
 
-def _stack_rows(row: Tensor, width: int) -> Tensor:
-    """``Rexp[..., (j, h)] = R[..., h]``: ``(..., heads, H, H) -> (..., W heads, H, H)``."""
-    lead, (heads, height) = row.shape[:-3], row.shape[-3:-1]
-    expanded = row.unsqueeze(-4).expand(*lead, width, heads, height, height)
-    return expanded.reshape(*lead, width * heads, height, height)
-
-
 def _per_image(t: Tensor, shared: bool, start: int, stop: int) -> Tensor:
     """Rows ``start:stop`` of a per-image factor, or the shared factor itself."""
     return t if shared else t[start:stop]
 
 
-def _mix_columns(ccol: Tensor, x: Tensor, shared: bool) -> Tensor:
-    """Step 1: ``a[b, k, (j,h), :] = sum_l Ccol[(j,h), l] x[b, k, l, :]`` -> ``(b, H, W heads, D)``.
+def _row_factors(row: Tensor, width: int, images: int) -> Tensor:
+    """``Rexp[(b, j, h)] = R[(b,) h]``: one ``(H, H)`` matrix per ``(image, column, head)``.
 
-    ``ccol`` is ``(W heads, W)`` (shared) or ``(b, W heads, W)`` (one per image).
+    ``row`` is ``(heads, H, H)`` (shared) or ``(images, heads, H, H)``; returns
+    ``(images W heads, H, H)`` (small: ``images W heads H^2`` numbers).
     """
-    b, height, width, dim = x.shape
-    rows = ccol.shape[-2]
-    if shared:
-        left = ccol.expand(b * height, rows, width)  # stride-0 batch: no copy
-    else:
-        left = ccol[:, None].expand(b, height, rows, width).reshape(b * height, rows, width)
-    a = torch.bmm(left, x.reshape(b * height, width, dim))  # (b H, W heads, D)
-    return a.view(b, height, rows, dim)
+    heads, height = row.shape[-3], row.shape[-1]
+    lead = row if row.dim() == 4 else row.expand(images, heads, height, height)
+    expanded = lead[:, None].expand(images, width, heads, height, height)
+    return expanded.reshape(images * width * heads, height, height)
 
 
-def _mix_rows(rexp: Tensor, a: Tensor, out: Tensor, shared: bool, transpose: bool) -> Tensor:
-    """Step 2: ``out[b, i, (j,h), :] = sum_k R_h[i, k] a[b, k, (j,h), :]`` (or with ``R^T``).
+def _column_factors(ccol: Tensor, height: int, images: int) -> Tensor:
+    """``Ccol`` for every ``(k, b)`` batch of step 1: ``(H b, W heads, W)`` (a view if shared)."""
+    rows, width = ccol.shape[-2:]
+    if ccol.dim() == 2:
+        return ccol.expand(height * images, rows, width)  # stride-0 batch: no copy
+    return ccol[None].expand(height, images, rows, width).reshape(height * images, rows, width)
 
-    ``rexp`` is ``(W heads, H, H)`` (shared) or ``(b, W heads, H, H)``. Per image, one batched
-    product over the ``(j, h)`` pairs reads ``a`` and writes ``out`` through strided views.
+
+def _mix_columns(ccol: Tensor, xk: Tensor) -> Tensor:
+    """Step 1: ``a[k, b, (j,h), :] = sum_l Ccol[(j,h), l] x[b, k, l, :]``.
+
+    ``xk`` is the chunk with rows first, ``(H, b, W, D)``; returns ``(H, b, W heads, D)``.
     """
-    for n in range(a.shape[0]):
-        r = rexp if shared else rexp[n]  # (W heads, H, H)
-        if transpose:
-            r = r.transpose(1, 2)
-        torch.bmm(r, a[n].transpose(0, 1), out=out[n].transpose(0, 1))  # ((j,h), i, D)
-    return out
+    height, b, width, dim = xk.shape
+    left = _column_factors(ccol, height, b)  # (H b, W heads, W)
+    a = torch.bmm(left, xk.view(height * b, width, dim))  # (H b, W heads, D)
+    return a.view(height, b, -1, dim)
+
+
+def _mix_rows(rexp: Tensor, a: Tensor) -> Tensor:
+    """Step 2: ``m[b, i, (j,h), :] = sum_k R_h[i, k] a[k, b, (j,h), :]`` -> ``(b, H, W h, D)``.
+
+    One batched product over all ``(b, j, h)`` (``a`` read through a strided view, output
+    contiguous so that MKL's batched GEMM runs), then one copy to the token-major layout the
+    output projection reads.
+    """
+    height, b, rows, dim = a.shape
+    scratch = torch.bmm(rexp, a.view(height, b * rows, dim).transpose(0, 1))  # ((b,j,h), i, D)
+    return scratch.view(b, rows, height, dim).transpose(1, 2).contiguous()  # (b, H, W h, D)
 
 
 class SeparableAttention(torch.autograd.Function):
@@ -145,8 +155,9 @@ class SeparableAttention(torch.autograd.Function):
 
     Inputs: ``x (B, H, W, D)``; ``row (heads, H, H)`` or ``(B, heads, H, H)``; ``col (heads, W,
     W)`` or ``(B, heads, W, W)``; ``weight (O, heads D)`` (``nn.Linear`` layout, columns ordered
-    ``(h, d)``); ``bias (O,)`` or ``None``; ``chunk`` (images per chunk). All floating inputs
-    share one dtype. Returns ``(B, H, W, O)``. See the module docstring for the algorithm.
+    ``(h, d)``) or ``None`` (return the mixed heads); ``bias (O,)`` or ``None``; ``chunk``
+    (images per chunk). All floating inputs share one dtype. Returns ``(B, H, W, O)`` (or
+    ``(B, H, W, heads D)``). See the module docstring for the algorithm.
     """
 
     @staticmethod
@@ -155,22 +166,21 @@ class SeparableAttention(torch.autograd.Function):
         batch, height, width, dim = x.shape
         heads = row.shape[-3]
         shared = row.dim() == 3
-        ccol, rexp = _stack_columns(col), _stack_rows(row, width)
-        if weight is None:  # mixing only: y = m, the concatenated heads (B, H, W, heads D)
-            y = x.new_empty(batch, height, width, heads * dim)
-        else:
-            y = x.new_empty(batch, height, width, weight.shape[0])
+        ccol = _stack_columns(col)  # (W heads, W) or (B, W heads, W)
+        out_dim = heads * dim if weight is None else weight.shape[0]
+        y = x.new_empty(batch, height, width, out_dim)
         for s in range(0, batch, chunk):
             e = min(batch, s + chunk)
-            a = _mix_columns(_per_image(ccol, shared, s, e), x[s:e], shared)  # (b, H, W h, D)
+            b = e - s
+            xk = x[s:e].transpose(0, 1).contiguous()  # (H, b, W, D): a small copy
+            a = _mix_columns(_per_image(ccol, shared, s, e), xk)  # (H, b, W heads, D)
+            rexp = _row_factors(_per_image(row, shared, s, e), width, b)  # (b W heads, H, H)
+            m = _mix_rows(rexp, a)  # (b, H, W heads, D) = tokens x (h, d)
             if weight is None:
-                _mix_rows(_per_image(rexp, shared, s, e), a, y[s:e].view(a.shape), shared,
-                          transpose=False)
+                y[s:e].view(m.shape).copy_(m)
                 continue
-            m = _mix_rows(_per_image(rexp, shared, s, e), a, torch.empty_like(a), shared,
-                          transpose=False)  # (b, H, (W, heads), D) = tokens x (h, d)
             flat = m.view(-1, heads * dim)
-            target = y[s:e].view(-1, weight.shape[0])  # (b H W, O), contiguous rows of y
+            target = y[s:e].view(-1, out_dim)  # (b H W, O), contiguous rows of y
             if bias is None:
                 torch.mm(flat, weight.t(), out=target)
             else:
@@ -186,68 +196,69 @@ class SeparableAttention(torch.autograd.Function):
         need_x, need_row, need_col, need_w, need_b, _ = ctx.needs_input_grad
         batch, height, width, dim = x.shape
         heads = row.shape[-3]
+        rows = width * heads
         out_dim = heads * dim if weight is None else weight.shape[0]
         shared, chunk = row.dim() == 3, ctx.chunk
         acc = accumulation_dtype(x.dtype)
         grad_y = grad_y.contiguous().to(x.dtype)
-        ccol, rexp = _stack_columns(col), _stack_rows(row, width)
+        ccol = _stack_columns(col)
+
+        def zeros(shape: torch.Size) -> Tensor:
+            return torch.zeros(shape, dtype=acc, device=x.device)
 
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
-        grad_w = None
-        if need_w and weight is not None:
-            grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device)
-        grad_rexp = torch.zeros(rexp.shape, dtype=acc, device=x.device) if need_row else None
-        grad_ccol = torch.zeros(ccol.shape, dtype=acc, device=x.device) if need_col else None
+        grad_w = zeros(weight.shape) if need_w and weight is not None else None
+        grad_row = zeros(row.shape) if need_row else None
+        grad_ccol = zeros(ccol.shape) if need_col else None
         for s in range(0, batch, chunk):
             e = min(batch, s + chunk)
-            xs, g = x[s:e], grad_y[s:e].view(-1, out_dim)  # (b, H, W, D), (b H W, O)
-            r_s, c_s = _per_image(rexp, shared, s, e), _per_image(ccol, shared, s, e)
-            a = _mix_columns(c_s, xs, shared)  # (b, H, W heads, D)
-            buffer = torch.empty_like(a)
+            b = e - s
+            xs = x[s:e]
+            xk = xs.transpose(0, 1).contiguous()  # (H, b, W, D)
+            c_s = _per_image(ccol, shared, s, e)
+            rexp = _row_factors(_per_image(row, shared, s, e), width, b)  # (b W h, H, H)
+            a = _mix_columns(c_s, xk)  # (H, b, (j,h), D), recomputed
             if grad_w is not None:  # dW_out = g^T m, with m = rows(columns(x)) recomputed
-                m = _mix_rows(r_s, a, buffer, shared, transpose=False)
-                grad_w += (g.t() @ m.view(-1, heads * dim)).to(acc)  # (O, heads D)
+                m = _mix_rows(rexp, a)  # (b, H, W heads, D)
+                grad_w += (grad_y[s:e].view(-1, out_dim).t() @ m.view(-1, heads * dim)).to(acc)
+                del m
             if not (need_x or need_row or need_col):
                 continue
-            # dm = g W_out (or g itself when the layer only mixes): (b, H, W heads, D)
-            p = (g if weight is None else g @ weight).view(a.shape)
-            if need_row:  # dR[(j,h), i, k] = sum_d P[b, i, (j,h), d] a[b, k, (j,h), d]
-                for n in range(e - s):
-                    prod = torch.bmm(p[n].transpose(0, 1), a[n].permute(1, 2, 0))
-                    if shared:
-                        grad_rexp += prod.to(acc)  # ((j,h), H, H)
-                    else:
-                        grad_rexp[s + n] += prod.to(acc)
+            # dm = g W_out (or g itself when the layer only mixes), rows first: (H, b, W h, D)
+            g_t = grad_y[s:e].transpose(0, 1).contiguous().view(-1, out_dim)  # (H b W, O)
+            p = (g_t if weight is None else g_t @ weight).view(height, b * rows, dim)
+            p = p.transpose(0, 1)  # ((b,j,h), i, D), strided
+            if need_row:  # dR[(b,j,h), i, k] = sum_d P[(b,j,h), i, d] a[k, (b,j,h), d]
+                prod = torch.bmm(p, a.view(height, b * rows, dim).permute(1, 2, 0))
+                prod = prod.view(b, width, heads, height, height).sum(1)  # (b, heads, H, H)
+                if shared:
+                    grad_row += prod.sum(0).to(acc)
+                else:
+                    grad_row[s:e] += prod.to(acc)
             if need_x or need_col:
-                da = _mix_rows(r_s, p, buffer, shared, transpose=True)  # (b, H, W heads, D)
-                b = e - s
-                da_flat = da.view(b * height, width * heads, dim)
-                if need_x:  # dx[b,k,l] = sum_{(j,h)} Ccol[(j,h), l] da[b,k,(j,h)]: K = W heads
-                    if shared:
-                        left = c_s.t().expand(b * height, width, width * heads)
-                    else:
-                        left = c_s.transpose(1, 2)[:, None].expand(
-                            b, height, width, width * heads).reshape(b * height, width, -1)
-                    torch.bmm(left, da_flat, out=grad_x[s:e].view(b * height, width, dim))
-                if need_col:  # dCcol[(j,h), l] = sum_{b,k,d} da[b,k,(j,h),d] x[b,k,l,d]
-                    prod = torch.bmm(da_flat, xs.reshape(b * height, width, dim).transpose(1, 2))
+                da = torch.bmm(rexp.transpose(1, 2), p)  # R^T P: ((b,j,h), k, D) contiguous
+                da_flat = da.view(b, rows, height * dim)  # (b, (j,h), (k, d))
+                if need_x:  # dx[b,k,l] = sum_{(j,h)} Ccol[(j,h), l] da[b,(j,h),k]: K = W heads
+                    left = (c_s.t().expand(b, width, rows) if shared
+                            else c_s.transpose(1, 2))  # (b, W(l), W heads)
+                    gx_t = torch.bmm(left, da_flat)  # (b, l, (k, d))
+                    grad_x[s:e].copy_(gx_t.view(b, width, height, dim).transpose(1, 2))
+                if need_col:  # dCcol[(j,h), l] = sum_{b,k,d} da[b,(j,h),k,d] x[b,k,l,d]
+                    x_t = xs.transpose(1, 2).reshape(b, width, height * dim)  # (b, l, (k, d))
+                    prod = torch.bmm(da_flat, x_t.transpose(1, 2))  # (b, (j,h), l)
                     if shared:
                         grad_ccol += prod.sum(0).to(acc)
                     else:
-                        grad_ccol[s:e] += prod.view(b, height, *prod.shape[1:]).sum(1).to(acc)
+                        grad_ccol[s:e] += prod.to(acc)
 
-        grad_row = grad_col = grad_b = None
-        if need_row:
-            lead = rexp.shape[:-3]
-            grad_row = grad_rexp.view(*lead, width, heads, height, height).sum(-4).to(row.dtype)
-        if need_col:
+        grad_col = grad_b = None
+        if grad_ccol is not None:
             lead = ccol.shape[:-2]
-            grad_col = grad_ccol.view(*lead, width, heads, width).transpose(-3, -2)
-            grad_col = grad_col.to(col.dtype)
+            grad_col = grad_ccol.view(*lead, width, heads, width).transpose(-3, -2).to(col.dtype)
         if need_b and weight is not None:
             grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
-        return (grad_x, grad_row, grad_col,
-                grad_w.to(weight.dtype) if grad_w is not None else None, grad_b, None)
+        return (grad_x, None if grad_row is None else grad_row.to(row.dtype), grad_col,
+                None if grad_w is None else grad_w.to(weight.dtype), grad_b, None)
 
 
 def separable_attention(x: Tensor, row: Tensor, col: Tensor, weight: Tensor | None = None,
