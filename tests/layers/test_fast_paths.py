@@ -17,6 +17,7 @@ from torch import nn
 from attnconv.layers import SelfAttention2d
 from attnconv.layers.attention import reference_attention
 from attnconv.layers.content import key_features
+from attnconv.layers.dense import dense_chunk, dropout_mask
 from attnconv.layers.learned import relative_logits
 from attnconv.layers.separable import factor_dropout, separable_attention
 
@@ -97,9 +98,10 @@ def test_dense_dropout_keeps_the_paper_semantics(encoding: str) -> None:
     torch.manual_seed(123)
     y = layer(x)
     grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
-    # The dense path draws F.dropout over (B, N heads, N) = (b, q, h, k): replay the mask.
+    # The dense path draws a keep-mask over (B, N heads, N) = (b, q, h, k) (one chunk here).
+    assert dense_chunk(x, heads) == b
     torch.manual_seed(123)
-    keep = F.dropout(torch.ones(b, n * heads, n), p, training=True) > 0
+    keep = dropout_mask(b, n * heads, n, p, device=x.device)
     mask = keep.view(b, n, heads, n).permute(0, 2, 1, 3)  # (b, heads, q, k)
     assert not torch.equal(mask[0], mask[1])  # masks differ between images
 
@@ -174,6 +176,27 @@ def test_separable_attention_chunks_and_per_image_factors() -> None:
         assert torch.autograd.gradcheck(
             lambda *t: separable_attention(*t, chunk=2), (x, row, col, weight, bias))
         assert torch.autograd.gradcheck(lambda *t: separable_attention(*t, chunk=3), (x, row, col))
+
+
+def test_shared_dense_attention_chunks() -> None:
+    from attnconv.layers.dense import shared_attention
+
+    torch.manual_seed(19)
+    x = torch.randn(5, 3, 2, 2, requires_grad=True)
+    probs = torch.rand(3, 6, 6).softmax(-1).requires_grad_()
+    weight = torch.randn(4, 3 * 2, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    mixed = torch.einsum("hqk,bkd->bqhd", probs, x.reshape(5, 6, 2)).reshape(5, 3, 2, 6)
+    torch.testing.assert_close(shared_attention(x, probs), mixed)
+    for chunk in (1, 2, 5):
+        torch.testing.assert_close(shared_attention(x, probs, weight, bias, chunk=chunk),
+                                   mixed @ weight.t() + bias)
+        assert torch.autograd.gradcheck(
+            lambda *t, c=chunk: shared_attention(*t, chunk=c), (x, probs, weight, bias))
+    same = x[:1].expand(5, 3, 2, 2)  # five copies of one image
+    y = shared_attention(same, probs, weight, bias, dropout=0.5, chunk=2)
+    assert not torch.allclose(y[0], y[1])  # every image has its own mask...
+    assert not torch.allclose(y[0], y[2])  # ...in every chunk
 
 
 def test_diagonal_full_covariance_is_separable_only_without_gradient() -> None:

@@ -444,36 +444,51 @@ class SelfAttention2d(nn.Module):
 
     def _forward_dense(self, x: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:
         _, h, w, _ = x.shape
+        n = h * w
         assert self.encoding is not None and self.value is None
         with full_precision(x.device.type):
-            logits = self._factored_logits(h, w)  # (heads, H, W, H, W)
-            attn = softmax_attention(logits)  # computed once, independently of the batch
+            # Computed once, independently of the batch, in the (query, head, key) layout.
+            logits = self._factored_logits(h, w, query_major=True)  # (H, W, heads, H, W)
+            probs = softmax_attention(logits)  # (H, W, heads, H, W)
+        attn = probs.permute(2, 0, 1, 3, 4)  # (heads, H, W, H, W), a view
         dtype = compute_dtype(x)
         p = self.attn_dropout.p if self._dropout_active() else 0.0
+        fuse = self._fuse_output()
         with full_precision(x.device.type):
-            probs = attn.reshape(self.heads, h * w, h * w).to(dtype)  # (heads, N, N)
-            mixed = shared_attention(x.to(dtype), probs, None, dropout=p)  # (B, H, W, heads D)
-        y = self.out(mixed)  # (B, H, W, out_dim)
+            shared = probs.to(dtype).view(n, self.heads, n).transpose(0, 1)  # (heads, N, N)
+            weight = self.out.weight.to(dtype) if fuse else None
+            bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
+            y = shared_attention(x.to(dtype), shared, weight, bias, dropout=p)
+        if not fuse:
+            y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
         return y, (attn.unsqueeze(0) if return_attention else None)
 
-    def _factored_logits(self, height: int, width: int) -> Tensor:
-        """Positional logits ``(heads, H, W, H, W)`` as key-row + key-column (+ cross) terms.
+    def _factored_logits(self, height: int, width: int, *, query_major: bool = False) -> Tensor:
+        """Positional logits as key-row + key-column (+ cross) terms.
 
         Same softmax as ``encoding.logits`` (they differ by a constant per query), built with
-        two broadcast additions instead of the elementwise formula over the full grid.
+        two broadcast additions instead of the elementwise formula over the full grid. Laid out
+        ``(heads, H, W, H, W)``, or ``(H, W, heads, H, W)`` (query, head, key) with
+        ``query_major``.
         """
         assert self.encoding is not None
         dtype = self._logit_dtype()
         factors = getattr(self.encoding, "query_key_factors", None)
         if factors is None:
-            return self.encoding.logits(height, width).to(dtype)
+            logits = self.encoding.logits(height, width).to(dtype)
+            return logits.permute(1, 2, 0, 3, 4).contiguous() if query_major else logits
         row, col, cross = factors(height, width)  # (heads, H, W, H), (heads, H, W, W), (heads,)
-        logits = row.to(dtype)[..., :, None] + col.to(dtype)[..., None, :]
+        row, col = row.to(dtype), col.to(dtype)
+        if query_major:
+            row, col = row.permute(1, 2, 0, 3), col.permute(1, 2, 0, 3)  # (H, W, heads, .)
+        logits = row[..., :, None] + col[..., None, :]
         if cross is not None:
             k = torch.arange(height, dtype=dtype, device=row.device) - (height - 1) / 2
             l = torch.arange(width, dtype=dtype, device=row.device) - (width - 1) / 2
             feature = k[:, None] * l[None, :]  # (H, W): the key feature k' l'
-            logits = logits + cross.to(dtype).view(-1, 1, 1, 1, 1) * feature
+            coef = cross.to(dtype).view(1, 1, -1, 1, 1) if query_major else (
+                cross.to(dtype).view(-1, 1, 1, 1, 1))
+            logits = logits + coef * feature
         return logits
 
     def _forward_fused(self, x: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:

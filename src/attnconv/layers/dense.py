@@ -6,61 +6,167 @@ relative encoding). With identity values the layer is
 
     y[b, q] = b_out + sum_h sum_k A_h[q, k] x[b, k] W_out^(h)                          (MHSA)
 
-We stack the heads along the query axis, ``Acat[(q, h), k] = A_h[q, k]`` (a ``(N heads, N)``
-matrix built once from the small ``(heads, N, N)`` probabilities), and compute "mix, then
-project":
+We stack the heads along the query axis, ``Acat[(q, h), k] = A_h[q, k]`` (the layer computes
+the logits directly in this ``(N, heads, N)`` layout, so stacking is a view), and compute "mix,
+then project" per chunk of images (:class:`SharedDenseAttention`):
 
 1. ``m[b] = Acat @ x[b]`` -- ``(N heads, N) @ (N, D)``, one batched product whose left factor is
    shared by the batch (a stride-0 view, no copy). Its output ``m[b, q, h, :]`` is laid out
    exactly as the reference's concatenation of heads ``(tokens, heads D)``...
-2. ``y = m (B N, heads D) @ W_out^T + b_out`` -- ...so the output projection is one GEMM on ``m``
-   as it stands: no transpose of the heads-times-larger tensor, in either direction (the
-   gradient of ``m`` is ``g W_out``, already in this layout; that of ``Acat`` is
-   ``dm[b] x[b]^T``, summed over the batch).
+2. ``y = m (b N, heads D) @ W_out^T + b_out`` -- ...so the output projection is one GEMM on ``m``
+   as it stands: no transpose of the heads-times-larger tensor, in either direction.
 
-Attention dropout keeps the paper's semantics exactly: every image draws its own mask over the
-probabilities ``A_h[q, k]`` (``Acat`` expanded to ``(B, N heads, N)`` and dropped entrywise,
-survivors scaled by ``1 / (1 - p)``), so step 1 multiplies each image by its own matrix. This is
-the one place where a batch-sized attention tensor exists (the reference has it too).
+Backward, per chunk, from ``g = dy``: ``P = g W_out`` (the gradient of ``m``, already in ``m``'s
+layout), ``dAcat = sum_b P[b] x[b]^T``, ``dx[b] = Acat^T P[b]``, and ``dW_out = g^T m`` with ``m``
+*recomputed* (one more ``Acat x`` product, ~12% more arithmetic for the layer) instead of
+saved: a training step keeps only ``x``, ``Acat`` and, with dropout, a one-byte mask per
+probability -- not the heads-times-larger ``m`` nor a dropped copy of the probabilities.
+
+Attention dropout keeps the paper's semantics exactly: every image draws its own independent
+mask over the probabilities ``A_h[q, k]`` (:func:`dropout_mask`), survivors scaled by
+``1 / (1 - p)``, so step 1 multiplies each image by its own matrix ``Acat * mask_b / (1 - p)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnconv.layers.precision import accumulation_dtype
+from attnconv.layers.separable import CPU_CHUNK_BYTES
+
 
 def stack_heads(probs: Tensor) -> Tensor:
-    """``Acat[(q, h), k] = A[h, q, k]``: ``(heads, N, N) -> (N heads, N)`` (a small copy)."""
+    """``Acat[(q, h), k] = A[h, q, k]``: ``(heads, N, N) -> (N heads, N)``.
+
+    A view when ``probs`` is itself a transposed view of an ``(N, heads, N)`` tensor (as the
+    layer builds it), else a copy.
+    """
     heads, n, _ = probs.shape
     return probs.transpose(0, 1).reshape(n * heads, n)
 
 
+def dense_chunk(x: Tensor, heads: int) -> int:
+    """Images per chunk: the whole batch on a GPU, ~``CPU_CHUNK_BYTES`` of intermediates on CPU."""
+    batch, height, width, dim = x.shape
+    if x.device.type != "cpu":
+        return max(batch, 1)
+    n = height * width
+    per_image = n * heads * (dim + n) * x.element_size()  # m and the image's attention
+    return max(1, min(batch, CPU_CHUNK_BYTES // max(per_image, 1)))
+
+
+def dropout_mask(images: int, rows: int, keys: int, p: float, *,
+                 device: torch.device) -> Tensor:
+    """A boolean keep-mask ``(images, rows, keys)``, every entry kept independently w.p. ``1-p``."""
+    return torch.rand(images, rows, keys, device=device) >= p
+
+
+def _left(acat: Tensor, mask: Tensor | None, start: int, stop: int, p: float) -> Tensor:
+    """Each image's attention matrix: ``Acat`` (shared view) or ``Acat * mask_b / (1 - p)``."""
+    if mask is None:
+        return acat.expand(stop - start, *acat.shape)  # stride-0 batch: no copy
+    return acat * mask[start:stop] * (1.0 / (1.0 - p))  # (b, N heads, N)
+
+
+class SharedDenseAttention(torch.autograd.Function):
+    """``y = b_out + sum_h A_h x W_out^(h)`` for batch-shared ``A``, chunked, ``m`` recomputed.
+
+    Inputs: ``x (B, H, W, D)``; ``acat (N heads, N)``; ``weight (O, heads D)``; ``bias (O,)`` or
+    ``None``; dropout probability ``p``; ``chunk`` (images per chunk). See the module docstring.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, acat: Tensor, weight: Tensor, bias: Tensor | None,
+                p: float, chunk: int) -> Tensor:
+        batch, height, width, dim = x.shape
+        n, out_dim = height * width, weight.shape[0]
+        rows = acat.shape[0]
+        mask = (torch.empty(batch, rows, n, dtype=torch.bool, device=x.device) if p > 0
+                else None)
+        y = x.new_empty(batch, height, width, out_dim)
+        for s in range(0, batch, chunk):
+            e = min(batch, s + chunk)
+            if mask is not None:
+                mask[s:e] = dropout_mask(e - s, rows, n, p, device=x.device)
+            m = torch.bmm(_left(acat, mask, s, e, p), x[s:e].view(e - s, n, dim))  # (b, N h, D)
+            flat = m.view(-1, weight.shape[1])  # (b N, heads D): tokens x (h, d)
+            target = y[s:e].view(-1, out_dim)
+            if bias is None:
+                torch.mm(flat, weight.t(), out=target)
+            else:
+                torch.addmm(bias, flat, weight.t(), out=target)
+        ctx.save_for_backward(x, acat, weight, mask)
+        ctx.p, ctx.chunk = p, chunk
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, acat, weight, mask = ctx.saved_tensors
+        need_x, need_a, need_w, need_b, _, _ = ctx.needs_input_grad
+        p, chunk = ctx.p, ctx.chunk
+        batch, height, width, dim = x.shape
+        n, out_dim = height * width, weight.shape[0]
+        acc = accumulation_dtype(x.dtype)
+        grad_y = grad_y.contiguous().to(x.dtype)
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+        grad_a = torch.zeros(acat.shape, dtype=acc, device=x.device) if need_a else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if need_w else None
+        for s in range(0, batch, chunk):
+            e = min(batch, s + chunk)
+            xs = x[s:e].view(e - s, n, dim)  # (b, N, D)
+            g = grad_y[s:e].view(-1, out_dim)  # (b N, O)
+            left = _left(acat, mask, s, e, p)  # (b, N heads, N)
+            if grad_w is not None:  # dW_out = g^T m, m recomputed
+                m = torch.bmm(left, xs)
+                grad_w += (g.t() @ m.view(g.shape[0], -1)).to(acc)
+                del m
+            if not (need_x or need_a):
+                continue
+            dm = (g @ weight).view(e - s, -1, dim)  # (b, N heads, D)
+            if grad_x is not None:  # dx[b] = left_b^T dm[b]
+                torch.bmm(left.transpose(1, 2), dm, out=grad_x[s:e].view(e - s, n, dim))
+            if grad_a is not None:  # dAcat = sum_b (dm[b] x[b]^T) * mask_b / (1 - p)
+                d_left = torch.bmm(dm, xs.transpose(1, 2))  # (b, N heads, N)
+                if mask is not None:
+                    d_left = d_left * mask[s:e] * (1.0 / (1.0 - p))
+                grad_a += d_left.sum(0).to(acc)
+        grad_b = None
+        if need_b:
+            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        return (grad_x, None if grad_a is None else grad_a.to(acat.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), grad_b, None, None)
+
+
 def shared_attention(x: Tensor, probs: Tensor, weight: Tensor | None = None,
-                     bias: Tensor | None = None, *, dropout: float = 0.0) -> Tensor:
+                     bias: Tensor | None = None, *, dropout: float = 0.0,
+                     chunk: int | None = None) -> Tensor:
     """Batch-shared positional attention with identity values and the output projection.
 
     Args:
         x: ``(B, H, W, D)`` channels-last tokens (the values, shared by every head).
         probs: ``(heads, N, N)`` attention probabilities, ``N = H W``, shared by the batch.
         weight: ``(O, heads D)`` output projection (``nn.Linear`` layout, columns ``(h, d)``),
-            or ``None`` to return the mixed heads ``m`` (the projection's input).
+            or ``None`` to return the mixed heads ``m`` (plain autograd, ``m`` saved).
         bias: ``(O,)`` or ``None``.
         dropout: probability of dropping each ``A_h[q, k]`` of each image (0: no dropout).
+        chunk: images per chunk (default :func:`dense_chunk`).
 
     Returns:
         ``(B, H, W, O)``, or ``m`` ``(B, H, W, heads D)`` when ``weight`` is ``None``.
     """
     batch, height, width, dim = x.shape
-    heads, n = probs.shape[0], height * width
+    heads = probs.shape[0]
     acat = stack_heads(probs)  # (N heads, N)
-    values = x.reshape(batch, n, dim)  # (B, N, D)
-    if dropout > 0.0:
-        # One mask per image: F.dropout draws every entry of (B, N heads, N) independently.
-        left = F.dropout(acat.expand(batch, -1, -1), dropout, training=True)  # (B, N heads, N)
-    else:
-        left = acat.expand(batch, -1, -1)  # stride-0 view: one matrix for the whole batch
-    mixed = torch.bmm(left, values)  # (B, N heads, D) = (b, q, h, d)
-    mixed = mixed.view(batch, height, width, heads * dim)  # the concatenated heads, as is
-    return mixed if weight is None else F.linear(mixed, weight, bias)  # (B, H, W, O)
+    if weight is not None:
+        chunk = dense_chunk(x, heads) if chunk is None else max(1, int(chunk))
+        return SharedDenseAttention.apply(x.contiguous(), acat, weight, bias, dropout, chunk)
+    left = acat.expand(batch, -1, -1)  # stride-0 view: one matrix for the whole batch
+    if dropout > 0.0:  # one mask per image over (B, N heads, N)
+        left = F.dropout(left, dropout, training=True)
+    mixed = torch.bmm(left, x.reshape(batch, height * width, dim))  # (B, N heads, D)
+    return mixed.view(batch, height, width, heads * dim)  # the concatenated heads, as is
