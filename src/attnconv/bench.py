@@ -273,9 +273,9 @@ def bench_layer_size(cfg: BenchConfig, side: int, batch: int,
         for impl in ("reference", fast_impl):  # interleaved: same load for both
             layer.impl = impl
             key = "ref" if impl == "reference" else "fast"
-            row[f"{key}_algorithm"] = layer.algorithm()  # training (gradients on)
+            row[f"{key}_algorithm"] = layer.algorithm(side * side)  # training (gradients on)
             with torch.no_grad():
-                row[f"{key}_algorithm_inference"] = layer.algorithm()
+                row[f"{key}_algorithm_inference"] = layer.algorithm(side * side)
             row[f"{key}_fwd_s"] = median_time(_fwd(layer, x), device, w, it)
             row[f"{key}_fwd_bwd_s"] = median_time(_fwd_bwd(layer, x), device, w, it)
             row[f"{key}_peak_bytes"] = peak_memory(_fwd_bwd(layer, x), device)

@@ -300,7 +300,9 @@ def test_algorithm_choice_and_reference_switch() -> None:
     assert SelfAttention2d(4, 2, encoding="quadratic-full").eval().algorithm() == "dense"
     content = SelfAttention2d(4, 2, content=True).eval()
     with torch.no_grad():
-        assert content.algorithm() == "fused"  # inference: the fused kernel
+        assert content.algorithm() == "fused"  # inference: the fused kernel...
+        assert content.algorithm(16 * 16) == "reference"  # ...from 512 tokens on (CPU)
+        assert content.algorithm(32 * 32) == "fused"
     # training on a CPU: the reference's matrix products beat the fused CPU backward
     assert content.algorithm() == "reference"
     projected = SelfAttention2d(4, 2, head_dim=3, attn_dropout=0.1)

@@ -46,6 +46,10 @@ ENCODINGS = ("quadratic", "quadratic-full", "learned", "none")
 ALGORITHMS = ("reference", "separable", "dense", "fused")
 IMPLS = ("auto", *ALGORITHMS)
 DROPOUT_MODES = ("probabilities", "factors")
+FUSED_CPU_MIN_TOKENS = 512
+"""On a CPU, content attention uses the fused kernel for inference from this many tokens on:
+measured (docs/performance.md) slower than the reference's products at 16x16 tokens, faster
+at 32x32 and 64x64."""
 _FORCE_REFERENCE = False
 
 
@@ -300,8 +304,8 @@ class SelfAttention2d(nn.Module):
         dropout; ``B' = 1`` for positional-only attention, which is the same for every image.
         Runs :meth:`algorithm`'s choice; every choice computes the same function.
         """
-        self.check_input(x)
-        algorithm = self.algorithm()
+        _, h, w = self.check_input(x)
+        algorithm = self.algorithm(h * w)
         if algorithm == "reference":
             return self.forward_reference(x, return_attention)
         forward = {"separable": self._forward_separable, "dense": self._forward_dense,
@@ -338,8 +342,8 @@ class SelfAttention2d(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Exact fast paths (each tested against the reference above)
     # ----------------------------------------------------------------------------------------
-    def algorithm(self) -> str:
-        """The algorithm the next forward pass uses (one of :data:`ALGORITHMS`).
+    def algorithm(self, tokens: int | None = None) -> str:
+        """The algorithm a forward pass over ``tokens`` tokens uses (one of :data:`ALGORITHMS`).
 
         ``impl="auto"`` picks the fastest exact one for the configuration and the mode:
 
@@ -348,9 +352,10 @@ class SelfAttention2d(nn.Module):
           ``S`` needs no gradient), unless the paper's probability dropout is active (with
           ``attn_dropout_mode="factors"`` it stays separable in training).
         * ``"dense"``: the other positional-only cases (full covariance; probability dropout).
-        * ``"fused"``: content attention, except when training on a CPU, where PyTorch's fused
-          CPU kernel has a slower backward pass than the reference's matrix products
-          (docs/performance.md); there ``"reference"`` is the fastest.
+        * ``"fused"``: content attention, except on a CPU when training (PyTorch's fused CPU
+          kernel has a slower backward pass than the reference's matrix products) or for fewer
+          than :data:`FUSED_CPU_MIN_TOKENS` tokens (``tokens=None``: assume many); there
+          ``"reference"`` is the fastest (docs/performance.md).
         * ``"reference"``: also for a learned value projection where no fast path applies.
 
         ``impl="reference"`` and :func:`reference_attention` force the reference; naming an
@@ -365,10 +370,11 @@ class SelfAttention2d(nn.Module):
                                  f"applicable: {', '.join(applicable)}")
             return self.impl
         if "fused" in applicable:
-            weight = self.out.weight
-            training_on_cpu = (weight.device.type == "cpu" and torch.is_grad_enabled()
-                               and any(p.requires_grad for p in self.parameters()))
-            return "reference" if training_on_cpu else "fused"
+            if self.out.weight.device.type != "cpu":
+                return "fused"
+            training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+            small = tokens is not None and tokens < FUSED_CPU_MIN_TOKENS
+            return "reference" if training or small else "fused"
         for name in ("separable", "dense"):
             if name in applicable:
                 return name
