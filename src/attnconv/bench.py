@@ -2,8 +2,8 @@
 
 One process runs everything once and reports a table and JSON. Every time is the median of
 repeated timed iterations after warm-up iterations; every comparison is a ratio of two numbers
-measured in the same run (interleaved per configuration, so that a change of machine load hits
-both sides alike). Three parts:
+measured in the same run, the two sides alternating iteration by iteration
+(:func:`interleaved_times`) so that a change of machine load hits both alike. Three parts:
 
 * **machine**: CPU model / GPU, threads, torch version, load average, and the achieved
   matrix-product peak (a large fp32 and bf16 GEMM), the yardstick of every GFLOP/s figure.
@@ -133,6 +133,27 @@ def median_time(fn: Callable[[], Any], device: torch.device, warmup: int, iters:
         _sync(device)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+                      iters: int) -> dict[str, float]:
+    """Median wall time of each function, the functions run alternately iteration by iteration.
+
+    Alternating (a, b, a, b, ...) exposes both sides of a comparison to the same machine load,
+    which matters on a shared machine more than the number of iterations.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(iters, 1)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _status_kib(key: str) -> int | None:
@@ -269,21 +290,33 @@ def bench_layer_size(cfg: BenchConfig, side: int, batch: int,
         row: dict[str, Any] = {"size": side, "batch": batch, "encoding": encoding,
                                "projection_fwd_s": proj_fwd, "projection_fwd_bwd_s": proj_fb,
                                "conv_fwd_bwd_s": conv_fb}
+        impls = {"ref": "reference", "fast": fast_impl}
+
+        def run(impl: str, backward: bool, layer: SelfAttention2d = layer) -> Callable[[], Any]:
+            def step() -> None:
+                layer.impl = impl
+                if backward:
+                    layer(x).sum().backward()
+                else:
+                    with torch.no_grad():
+                        layer(x)
+            return step
+
+        for part, backward in (("fwd", False), ("fwd_bwd", True)):
+            times = interleaved_times({key: run(impl, backward) for key, impl in impls.items()},
+                                      device, w, it)
+            for key, seconds in times.items():
+                row[f"{key}_{part}_s"] = seconds
         outputs = {}
-        for impl in ("reference", fast_impl):  # interleaved: same load for both
+        for key, impl in impls.items():
             layer.impl = impl
-            key = "ref" if impl == "reference" else "fast"
             row[f"{key}_algorithm"] = layer.algorithm(side * side)  # training (gradients on)
             with torch.no_grad():
                 row[f"{key}_algorithm_inference"] = layer.algorithm(side * side)
-            row[f"{key}_fwd_s"] = median_time(_fwd(layer, x), device, w, it)
-            row[f"{key}_fwd_bwd_s"] = median_time(_fwd_bwd(layer, x), device, w, it)
-            row[f"{key}_peak_bytes"] = peak_memory(_fwd_bwd(layer, x), device)
-            with torch.no_grad():
                 outputs[key] = layer(x)
-            for part, total, projection in (("fwd", row[f"{key}_fwd_s"], proj_fwd),
-                                            ("fwd_bwd", row[f"{key}_fwd_bwd_s"], proj_fb)):
-                row[f"{key}_mixing_{part}_s"] = max(total - projection, 0.0)
+            row[f"{key}_peak_bytes"] = peak_memory(run(impl, True), device)
+            for part, projection in (("fwd", proj_fwd), ("fwd_bwd", proj_fb)):
+                row[f"{key}_mixing_{part}_s"] = max(row[f"{key}_{part}_s"] - projection, 0.0)
         x.grad = None
         layer.zero_grad(set_to_none=True)
         row["max_abs_diff"] = (outputs["fast"] - outputs["ref"]).abs().max().item()
@@ -358,28 +391,42 @@ def bench_model(cfg: BenchConfig, name: str, variant: dict[str, Any], device: to
     row: dict[str, Any] = {"model": name, "precision": precision, "batch": batch,
                            **{k: v for k, v in variant.items()}}
     w, it = cfg.warmup, cfg.iters
-    for impl in (("reference", "auto") if is_sa else ("auto",)):
-        key = "ref" if impl == "reference" else "fast"
+    impls = {"ref": "reference", "fast": "auto"} if is_sa else {"fast": "auto"}
+
+    def train(impl: str) -> Callable[[], None]:
+        step = _train_step(model, opt, x, y, device, precision)
+
+        def run() -> None:
+            with _attention_impl(model, impl):
+                model.train()
+                step()
+        return run
+
+    def infer(impl: str) -> Callable[[], None]:
+        forward = _infer(model, x, device, precision)
+
+        def run() -> None:
+            with _attention_impl(model, impl):
+                model.eval()
+                forward()
+        return run
+
+    train_s = interleaved_times({k: train(i) for k, i in impls.items()}, device, w, it)
+    infer_s = interleaved_times({k: infer(i) for k, i in impls.items()}, device, w, it)
+    for key, impl in impls.items():
+        row[f"{key}_train_images_s"] = batch / train_s[key]
+        row[f"{key}_infer_images_s"] = batch / infer_s[key]
+        row[f"{key}_train_peak_bytes"] = peak_memory(train(impl), device)
         with _attention_impl(model, impl):
-            model.train()
-            train_s = median_time(_train_step(model, opt, x, y, device, precision), device, w, it)
-            row[f"{key}_train_images_s"] = batch / train_s
-            row[f"{key}_train_peak_bytes"] = peak_memory(
-                _train_step(model, opt, x, y, device, precision), device)
-            model.eval()
-            infer_s = median_time(_infer(model, x, device, precision), device, w, it)
-            row[f"{key}_infer_images_s"] = batch / infer_s
             macs = _model_macs(model, image, "reference" if impl == "reference" else "fast")
-            row[f"{key}_macs_per_image"] = macs
-            row[f"{key}_train_gflops"] = 3 * 2 * macs * row[f"{key}_train_images_s"] / 1e9
-            row[f"{key}_infer_gflops"] = 2 * macs * row[f"{key}_infer_images_s"] / 1e9
+        row[f"{key}_macs_per_image"] = macs
+        row[f"{key}_train_gflops"] = 3 * 2 * macs * row[f"{key}_train_images_s"] / 1e9
+        row[f"{key}_infer_gflops"] = 2 * macs * row[f"{key}_infer_images_s"] / 1e9
     if is_sa:
         row["train_speedup"] = _ratio(row["fast_train_images_s"], row["ref_train_images_s"])
         row["infer_speedup"] = _ratio(row["fast_infer_images_s"], row["ref_infer_images_s"])
         row["train_memory_ratio"] = _ratio(row["fast_train_peak_bytes"],
                                            row["ref_train_peak_bytes"])
-    del model, opt
-    gc.collect()
     return row
 
 
@@ -492,6 +539,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         log(f"model {run['name']} {run['variant']} {run['precision']} batch {run['batch']}")
         models.append(bench_model(cfg, run["name"], run["variant"], device, run["precision"],
                                   run["batch"]))
+        gc.collect()
     for row in models:
         peak = peaks["bf16_gflops" if row["precision"] == "bf16" else "fp32_gflops"]
         for key in ("ref", "fast"):
