@@ -131,10 +131,14 @@ class SharedDenseAttention(torch.autograd.Function):
             if grad_x is not None:  # dx[b] = left_b^T dm[b]
                 torch.bmm(left.transpose(1, 2), dm, out=grad_x[s:e].view(e - s, n, dim))
             if grad_a is not None:  # dAcat = sum_b (dm[b] x[b]^T) * mask_b / (1 - p)
-                d_left = torch.bmm(dm, xs.transpose(1, 2))  # (b, N heads, N)
-                if mask is not None:
-                    d_left = d_left * mask[s:e] * (1.0 / (1.0 - p))
-                grad_a += d_left.sum(0).to(acc)
+                if mask is None and grad_a.dtype == dm.dtype:
+                    for n_ in range(e - s):  # accumulate in place: no (b, N heads, N) temporary
+                        grad_a.addmm_(dm[n_], xs[n_].t())
+                else:
+                    d_left = torch.bmm(dm, xs.transpose(1, 2))  # (b, N heads, N)
+                    if mask is not None:
+                        d_left = d_left * mask[s:e] * (1.0 / (1.0 - p))
+                    grad_a += d_left.sum(0).to(acc)
         grad_b = None
         if need_b:
             grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
