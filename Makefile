@@ -19,6 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP) test-browser
 	$(BIN)/ruff check src tests
+	$(BIN)/attnconv bench --quick
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium + chromedriver for the explorer's browser test (apt-get; no-op if present).
