@@ -53,3 +53,25 @@ def content_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ResNet18 (base width 4) run."""
     return train_tiny(tmp_path_factory.mktemp("runs"), "cnn", "resnet18", {"base_width": 4})
+
+
+def capture_layer_inputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The input each attention layer receives, captured independently with pre-hooks."""
+    from attnconv.analysis import attention_layers
+
+    seen: list[torch.Tensor] = []
+    handles = [layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+               for _, layer in attention_layers(model)]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.fixture(name="layer_inputs")
+def layer_inputs_fixture() -> object:
+    """:func:`capture_layer_inputs`, for tests that check recorded maps independently."""
+    return capture_layer_inputs

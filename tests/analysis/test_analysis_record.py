@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -20,23 +22,9 @@ def tiny(name: str, **kw: object) -> nn.Module:
     return create_model(name, **{**TINY, **kw}).eval()
 
 
-def layer_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
-    """Each attention layer's input, captured independently with forward pre-hooks."""
-    inputs: list[Tensor] = []
-    handles = [layer.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
-               for _, layer in attention_layers(model)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs
-
-
 @pytest.mark.parametrize("name", ["sa-quadratic", "sa-quadratic-full", "sa-learned",
                                   "sa-learned-content"])
-def test_maps_equal_the_layer_on_its_actual_input(name: str) -> None:
+def test_maps_equal_the_layer_on_its_actual_input(name: str, layer_inputs: Callable) -> None:
     model = tiny(name)
     x = torch.randn(5, 1, 16, 16)
     maps = record_attention(model, x, batch_size=2)  # three batches

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +133,8 @@ def screenshot(driver: Any, name: str) -> Path:
     return path
 
 
-def layer_inputs(model: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """The input each attention layer receives, through forward pre-hooks."""
-    seen: list[torch.Tensor] = []
-    handles = [layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-               for _, layer in attention_layers(model)]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
-def test_content_model_in_the_browser(browser: Any, content_run: Path, tmp_path: Path) -> None:
+def test_content_model_in_the_browser(browser: Any, content_run: Path, tmp_path: Path,
+                                      layer_inputs: Callable) -> None:
     page = build_explorer(content_run, tmp_path / "explorer.html", images=IMAGES)
     model, meta = load_model(content_run)
     images, _ = load_test_images(meta, IMAGES)

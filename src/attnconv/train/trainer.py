@@ -436,8 +436,9 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         cfg.save(run_dir / "config.yaml")
         for name in ("metrics.jsonl", "heads.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
-        if cfg.record_heads and gaussian_heads(model):
-            _append_jsonl(run_dir / "heads.jsonl", {"epoch": 0, "layers": gaussian_heads(model)})
+        heads = gaussian_heads(model) if cfg.record_heads else []
+        if heads:
+            _append_jsonl(run_dir / "heads.jsonl", {"epoch": 0, "layers": heads})
 
     net: nn.Module = model
     if dist_info.distributed:
