@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,12 @@ from attnconv.analysis import (
     offset_mass,
     record_attention,
 )
+from attnconv.analysis.metrics import (
+    NEIGHBOUR_OFFSETS,
+    coverage_over_training,
+    grid_coverage,
+)
+from attnconv.errors import ShapeError
 from attnconv.layers import SelfAttention2d
 from attnconv.models import create_model
 from attnconv.theorem import conv_to_attention
@@ -153,3 +161,69 @@ def test_compute_locality_content_needs_images() -> None:
     assert len(compute_locality(SelfAttention2d(4, 2), grid=(3, 3))) == 2
     with pytest.raises(ValueError, match="margin"):
         mean_distance(torch.full((1, 1, 3, 3, 3, 3), 1 / 9), margin=2)
+
+
+# Grid coverage of Gaussian heads -------------------------------------------------------------
+def test_grid_coverage_perfect_3x3_grid() -> None:
+    centres = [(r, c) for r in (-1, 0, 1) for c in (-1, 0, 1)]  # Theorem 1's 9 heads
+    cov = grid_coverage(centres)
+    assert cov.neighbours_covered == 8 and cov.covered == NEIGHBOUR_OFFSETS
+    assert cov.distinct_centres == 9 and cov.query_covered and cov.heads == 9
+    jittered = [(r + 0.3, c - 0.3) for r, c in centres]  # 0.42 from each target
+    assert grid_coverage(jittered).neighbours_covered == 8
+
+
+def test_grid_coverage_exact_counts() -> None:
+    centres = [(0.1, 0.0), (0.0, 0.05), (-1.2, 0.1), (2.0, 2.0), (0.9, 1.1), (3.0, -3.0)]
+    cov = grid_coverage(centres)
+    assert cov.covered == ((-1, 0), (1, 1))
+    # (0.1, 0) and (0, 0.05) are one centre; the 4 others are far from everything.
+    assert cov.distinct_centres == 5 and cov.query_covered and cov.heads == 6
+    assert cov.as_dict() == {"heads": 6, "neighbours_covered": 2, "covered": [[-1, 0], [1, 1]],
+                             "distinct_centres": 5, "query_covered": True}
+
+
+def test_grid_coverage_boundary_is_strict() -> None:
+    # Exactly 0.5 from (0, 1) and from (1, 1): covers neither, so no head covers two offsets.
+    assert grid_coverage([(0.5, 1.0)]).neighbours_covered == 0
+    assert grid_coverage([(0.49, 1.0)]).covered == ((0, 1),)
+    assert grid_coverage([(0.51, 1.0)]).covered == ((1, 1),)
+    # Two centres exactly 0.5 apart are distinct; 0.49 apart they are one.
+    assert grid_coverage([(3.0, 3.0), (3.5, 3.0)]).distinct_centres == 2
+    assert grid_coverage([(3.0, 3.0), (3.49, 3.0)]).distinct_centres == 1
+
+
+def test_grid_coverage_one_head_near_two_offsets_counts_once() -> None:
+    # 0.4 from (0, 1) and 0.6 from (1, 1) (within 1 of both): covers (0, 1) only.
+    assert grid_coverage([(0.4, 1.0)]).covered == ((0, 1),)
+    # The middle of (0, 0), (0, 1), (1, 0), (1, 1): 0.707 from each, covers none.
+    assert grid_coverage([(0.5, 0.5)]).neighbours_covered == 0
+    # Many heads piled on one offset cover it once and are one distinct centre.
+    cov = grid_coverage([(1.0, 0.0)] * 5 + [(1.1, 0.1)])
+    assert cov.covered == ((1, 0),) and cov.distinct_centres == 1
+
+
+def test_grid_coverage_chains_and_errors() -> None:
+    # 0.4 apart in a chain: the first and last are 0.8 apart but linked through the middle.
+    assert grid_coverage([(5.0, 0.0), (5.4, 0.0), (5.8, 0.0)]).distinct_centres == 1
+    empty = grid_coverage(torch.zeros(0, 2))
+    assert empty.heads == 0 and empty.neighbours_covered == 0 and empty.distinct_centres == 0
+    with pytest.raises(ShapeError, match=r"\(heads, 2\)"):
+        grid_coverage([[0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match="finite"):
+        grid_coverage([(float("nan"), 0.0)])
+    with pytest.raises(ValueError, match="radius"):
+        grid_coverage([(0.0, 0.0)], radius=0.6)
+
+
+def test_coverage_over_training_reads_epoch_zero(tmp_path: Path) -> None:
+    init = {"epoch": 0, "layers": [{"centers": [[0.1, 0.1], [0.2, 0.0]]}]}
+    end = {"epoch": 3, "layers": [{"centers": [[1.0, 0.0], [-1.0, -1.1]]}]}
+    (tmp_path / "heads.jsonl").write_text(json.dumps(init) + "\n" + json.dumps(end) + "\n")
+    (row,) = coverage_over_training(tmp_path)
+    assert row["layer"] == 0 and row["heads"] == 2 and row["end_epoch"] == 3
+    assert row["init"]["neighbours_covered"] == 0 and row["init"]["distinct_centres"] == 1
+    assert row["end"]["covered"] == [[-1, -1], [1, 0]] and row["end"]["distinct_centres"] == 2
+    (tmp_path / "heads.jsonl").write_text(json.dumps(end) + "\n")  # no epoch-0 record
+    assert coverage_over_training(tmp_path)[0]["init"] is None
+    assert coverage_over_training(tmp_path / "missing") == []

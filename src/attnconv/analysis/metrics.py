@@ -15,6 +15,10 @@ them, and gives one value per head, averaged over the ``B`` images and over the 
   ``m(delta)`` and its offset the maximiser. ``1.0`` exactly when every (interior) query puts all
   its attention on ``q + delta`` for one fixed ``delta``: a convolution tap (Lemma 1).
 
+Gaussian (quadratic) heads also get :func:`grid_coverage` from their centres alone: how many
+of the 8 neighbours of a 3x3 window have a head centre within 0.5 tokens, next to the number
+of distinct centres (paper section 4.2, figures 3-4).
+
 ``margin`` restricts every average to the queries at least ``margin`` tokens from each border
 (queries near the border see a cut-off neighbourhood, renormalised by the softmax). ``0`` (the
 default) keeps all queries, ViT's measure. :func:`compute_locality` puts it all together per
@@ -23,7 +27,11 @@ layer and head, with the Gaussian centre and width of quadratic heads.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -287,4 +295,132 @@ def compute_locality(
                 "offset_row": int(offsets[head, 0]), "offset_col": int(offsets[head, 1]),
                 **gaussians[head],
             })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Grid coverage of Gaussian heads (paper section 4.2, figs. 3-4; Lemma 1 / Theorem 1)
+# --------------------------------------------------------------------------------------------
+#: The 8 neighbours of the query in a 3x3 window, ``(row, col)`` in tokens, row-major.
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = (
+    (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+#: A head covers an offset when its centre is closer than this (tokens); also the distance
+#: under which two centres count as one (see :func:`grid_coverage`).
+COVER_RADIUS = 0.5
+
+
+@dataclass(frozen=True)
+class GridCoverage:
+    """How well the Gaussian heads of one layer tile the 3x3 window around the query.
+
+    Attributes:
+        heads: number of heads (centres) in the layer.
+        covered: the neighbour offsets of :data:`NEIGHBOUR_OFFSETS` with a head centre closer
+            than the radius (row-major order).
+        distinct_centres: number of groups of centres, two centres closer than the radius
+            being in the same group (connected components, see :func:`grid_coverage`).
+        query_covered: a head centre is closer than the radius to the query itself ``(0, 0)``.
+    """
+
+    heads: int
+    covered: tuple[tuple[int, int], ...]
+    distinct_centres: int
+    query_covered: bool
+
+    @property
+    def neighbours_covered(self) -> int:
+        """How many of the 8 neighbour offsets are covered (0 to 8)."""
+        return len(self.covered)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``covered`` as ``[row, col]`` lists)."""
+        return {"heads": self.heads, "neighbours_covered": self.neighbours_covered,
+                "covered": [list(o) for o in self.covered],
+                "distinct_centres": self.distinct_centres, "query_covered": self.query_covered}
+
+
+def _components(close: Tensor) -> int:
+    """Connected components of the graph whose adjacency matrix is ``close`` (n, n) bool."""
+    n = close.shape[0]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in close.nonzero().tolist():
+        parent[root(i)] = root(j)
+    return len({root(i) for i in range(n)})
+
+
+def grid_coverage(centers: Tensor | Sequence[Sequence[float]],
+                  radius: float = COVER_RADIUS) -> GridCoverage:
+    """Grid coverage of one layer of Gaussian heads from their centres ``(heads, 2)`` (tokens).
+
+    The paper's figures 3 and 4 (section 4.2) show the heads of a quadratic layer moving from
+    near the query to a grid around it, the kernel of a convolution; Lemma 1 asks for one head
+    per kernel offset. This measures it:
+
+    * **covered neighbours**: the offsets ``Delta`` among the 8 neighbours of a 3x3 window
+      (:data:`NEIGHBOUR_OFFSETS`) with some centre ``c`` at ``||c - Delta|| < radius``
+      (Euclidean, strict). The neighbours are 1 token apart and ``radius <= 0.5``, so one head
+      covers at most one offset: 8 needs 8 heads.
+    * **distinct centres**: centres closer than ``radius`` to each other are the same centre,
+      chained (the connected components of the graph linking every pair at distance
+      ``< radius``); centres at least ``radius`` from every other count once each.
+
+    Args:
+        centers: ``(heads, 2)`` centres ``(row, col)`` relative to the query, in tokens.
+        radius: in ``(0, 0.5]``; default 0.5.
+
+    Raises:
+        ShapeError: ``centers`` is not ``(heads, 2)``.
+        ValueError: a centre is not finite, or ``radius`` is outside ``(0, 0.5]``.
+    """
+    if not (isinstance(radius, int | float) and 0 < radius <= 0.5):
+        raise ValueError(f"radius must be in (0, 0.5] so that one head covers one offset at "
+                         f"most, got {radius!r}")
+    c = torch.as_tensor(centers, dtype=torch.float64)
+    if c.numel() == 0:
+        c = c.reshape(0, 2)
+    if c.dim() != 2 or c.shape[1] != 2:
+        raise ShapeError(f"centers must be (heads, 2) as (row, col), got {tuple(c.shape)}")
+    if not torch.isfinite(c).all():
+        raise ValueError("centers must be finite; a NaN/inf centre comes from a diverged run")
+    r2 = radius * radius  # squared distances in float64: 0.5 exactly on the boundary
+    offsets = torch.tensor(NEIGHBOUR_OFFSETS, dtype=torch.float64)  # (8, 2)
+    near = ((offsets[:, None, :] - c[None]) ** 2).sum(-1) < r2  # (8, heads)
+    covered = tuple(o for o, hit in zip(NEIGHBOUR_OFFSETS, near.any(dim=1).tolist(),
+                                        strict=True) if hit)
+    close = ((c[:, None, :] - c[None]) ** 2).sum(-1) < r2  # (heads, heads)
+    return GridCoverage(heads=int(c.shape[0]), covered=covered,
+                        distinct_centres=_components(close),
+                        query_covered=bool(((c**2).sum(-1) < r2).any()))
+
+
+def coverage_over_training(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Grid coverage of every quadratic layer of a run at initialisation and at the end.
+
+    Reads ``heads.jsonl`` (the head centres the trainer records: ``epoch`` 0 before the first
+    step, then one line per epoch). One row per quadratic layer (model order): ``layer``,
+    ``heads``, ``init`` (:meth:`GridCoverage.as_dict` of epoch 0, None when the run did not
+    record it), ``end`` (of the last recorded epoch) and ``end_epoch``. [] when the run has no
+    ``heads.jsonl`` or no quadratic layer.
+    """
+    path = Path(run_dir) / "heads.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records or not records[-1].get("layers"):
+        return []
+    first, last = records[0], records[-1]
+    init = first["layers"] if first.get("epoch") == 0 else None
+    rows = []
+    for index, layer in enumerate(last["layers"]):
+        start = None if init is None else grid_coverage(init[index]["centers"]).as_dict()
+        rows.append({"layer": index, "heads": len(layer["centers"]), "init": start,
+                     "end": grid_coverage(layer["centers"]).as_dict(),
+                     "end_epoch": last.get("epoch")})
     return rows
