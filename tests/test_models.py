@@ -88,6 +88,11 @@ def test_duplicate_registration_is_refused() -> None:
     ({"hidden_size": 0}, "hidden_size must be a positive integer"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"encoding": "gaussian"}, "encoding must be one of"),
+    ({"attn_dropout_mode": "shared"}, "attn_dropout_mode must be one of batch, probabilities"),
+    ({"content": True, "encoding": "learned", "attn_dropout_mode": "batch"},
+     r"'batch' needs positional-only attention; with content=True use .*'probabilities'"),
+    ({"encoding": "quadratic-full", "attn_dropout_mode": "factors"},
+     r"'factors' needs a separable encoding"),
 ])
 def test_invalid_config_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -188,6 +193,18 @@ def test_training_step_reaches_the_gaussian_parameters() -> None:
     params = dict(model.named_parameters())
     for name in model.no_weight_decay():
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", SA_MODELS)
+def test_attention_dropout_mode_defaults_to_the_authors(name: str) -> None:
+    """One mask per batch for positional-only attention, one per image with content."""
+    expected = "probabilities" if name == "sa-learned-content" else "batch"
+    model = meta_model(name)
+    assert model.config.attn_dropout_mode == expected
+    assert {a.attn_dropout_mode for a in model.attention_layers()} == {expected}
+    if expected == "batch":  # per-image masks stay selectable
+        other = meta_model(name, attn_dropout_mode="probabilities")
+        assert {a.attn_dropout_mode for a in other.attention_layers()} == {"probabilities"}
 
 
 def test_dropout_only_in_training() -> None:

@@ -347,3 +347,95 @@ def test_one_hot_softmax_rows_are_exact() -> None:
     assert torch.equal(row[0, 2], F.one_hot(torch.tensor(3), 6).double())
     assert torch.equal(col[0, 4], F.one_hot(torch.tensor(2), 7).double())
     assert math.isfinite(row.sum().item())
+
+
+# ------------------------------------------------------------------------------------------
+# attn_dropout_mode="batch": one mask per forward pass, shared by the batch (authors' code)
+# ------------------------------------------------------------------------------------------
+BATCH_SIZES = [(1, 1), (5, 9), (16, 16)]
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "learned", "quadratic-full"])
+@pytest.mark.parametrize("size", BATCH_SIZES, ids=[f"{h}x{w}" for h, w in BATCH_SIZES])
+def test_batch_dropout_fast_paths_equal_reference_under_the_same_mask(
+        encoding: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(20)
+    layer = SelfAttention2d(6, 3, out_dim=5, encoding=encoding, attn_dropout=0.3,
+                            attn_dropout_mode="batch", max_size=16).train()
+    assert layer.algorithm() == "dense"
+    x = torch.randn(3, *size, 6, requires_grad=True)
+    for algorithm in layer.applicable_algorithms()[:-1]:  # every fast one
+        layer.impl = algorithm
+        _assert_matches_reference(layer, x, seed=21)  # same seed: the same mask on both sides
+
+
+def _authors_layer(layer: SelfAttention2d, x: torch.Tensor, p: float) -> torch.Tensor:
+    """The authors' positional-only layer, written plainly: one (heads, N, N) probability
+    tensor for the batch, ``F.dropout`` on it, one product with the values, then W_out."""
+    b, h, w, d = x.shape
+    n, heads = h * w, layer.heads
+    probs = layer.attention(x).reshape(heads, n, n)  # (heads, N, N): no batch axis
+    probs = F.dropout(probs, p, training=True)  # one mask for every image
+    mixed = torch.einsum("hqk,bkd->bqhd", probs, x.reshape(b, n, d))  # (B, N, heads, D)
+    return nn.functional.linear(mixed.reshape(b, h, w, heads * d), layer.out.weight,
+                                layer.out.bias)
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "learned", "quadratic-full"])
+def test_batch_dropout_is_the_authors_semantics(encoding: str) -> None:
+    torch.manual_seed(22)
+    p = 0.4
+    layer = SelfAttention2d(4, 2, encoding=encoding, attn_dropout=p,
+                            attn_dropout_mode="batch", max_size=6).train()
+    x = torch.randn(3, 6, 5, 4, requires_grad=True)
+    params = [x, *layer.parameters()]
+    torch.manual_seed(23)
+    expected = _authors_layer(layer, x, p)
+    grads_expected = torch.autograd.grad(expected.square().sum(), params)
+    for impl in ("auto", "reference"):
+        layer.impl = impl
+        torch.manual_seed(23)
+        y = layer(x)
+        grads = torch.autograd.grad(y.square().sum(), params)
+        torch.testing.assert_close(y, expected, atol=1e-12, rtol=1e-10)
+        for g, g_ref in zip(grads, grads_expected, strict=True):
+            torch.testing.assert_close(g, g_ref, atol=1e-11, rtol=1e-9)
+    # and the mask really drops something: not the no-dropout output
+    assert not torch.allclose(expected, layer.eval()(x))
+
+
+def test_batch_dropout_mask_is_shared_scaled_and_off_in_eval() -> None:
+    torch.manual_seed(24)
+    p = 0.25
+    layer = SelfAttention2d(4, 3, encoding="quadratic", attn_dropout=p,
+                            attn_dropout_mode="batch").train()
+    mask = layer.batch_dropout_mask(64, device=torch.device("cpu"), dtype=torch.float64)
+    assert mask.shape == (3, 64, 64)
+    assert set(mask.unique().tolist()) == {0.0, 1.0 / (1.0 - p)}  # inverted-dropout scaling
+    assert (mask == 0).double().mean().item() == pytest.approx(p, abs=0.02)
+    # Five copies of one image: one shared mask gives five equal outputs...
+    same = torch.randn(1, 8, 8, 4).expand(5, 8, 8, 4)
+    for impl in ("auto", "reference"):
+        layer.impl = impl
+        y = layer(same)
+        for i in range(1, 5):
+            torch.testing.assert_close(y[i], y[0], atol=1e-12, rtol=1e-12)
+        assert not torch.allclose(y, layer(same))  # ...and a fresh mask every forward pass
+    # ...whereas per-image masks differ between copies.
+    layer.attn_dropout_mode, layer.impl = "probabilities", "auto"
+    y = layer(same)
+    assert not torch.allclose(y[0], y[1])
+    # Dropout is off in eval: deterministic, equal to the no-dropout layer.
+    layer.attn_dropout_mode = "batch"
+    layer.eval()
+    torch.testing.assert_close(layer(same), layer(same))
+    no_dropout = SelfAttention2d(4, 3, encoding="quadratic").eval()
+    no_dropout.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(same), no_dropout(same))
+
+
+def test_batch_dropout_needs_positional_only_attention() -> None:
+    with pytest.raises(ValueError, match=r"batch.*positional-only.*probabilities"):
+        SelfAttention2d(4, 2, encoding="learned", content=True, attn_dropout_mode="batch")
+    with pytest.raises(ValueError, match=r"batch, probabilities, factors"):
+        SelfAttention2d(4, 2, attn_dropout_mode="shared")

@@ -13,8 +13,9 @@ and every one is tested against the reference (outputs and gradients, float64):
   and needs no gradient), identity values, no probability dropout: the softmax factorises into
   a row and a column softmax (:mod:`attnconv.layers.separable`).
 * ``"dense"`` -- other positional-only attention (full covariance), and positional-only
-  attention under the paper's dropout on the probabilities: one ``(heads, N, N)`` attention for
-  the whole batch, applied as one batched product (:mod:`attnconv.layers.dense`).
+  attention under dropout on the probabilities (``attn_dropout_mode="batch"`` or
+  ``"probabilities"``): one ``(heads, N, N)`` attention for the whole batch, applied as one
+  batched product (:mod:`attnconv.layers.dense`).
 * ``"fused"`` -- content attention (with a learned query-dependent, a quadratic, or no
   positional term): ``scaled_dot_product_attention`` on queries and keys augmented by the
   factorised positional logits (:mod:`attnconv.layers.content`).
@@ -45,7 +46,10 @@ from attnconv.layers.separable import factor_dropout, separable_attention, separ
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "none")
 ALGORITHMS = ("reference", "separable", "dense", "fused")
 IMPLS = ("auto", *ALGORITHMS)
-DROPOUT_MODES = ("probabilities", "factors")
+DROPOUT_MODES = ("batch", "probabilities", "factors")
+"""Attention-dropout semantics (see :class:`SelfAttention2d`): ``"batch"`` is the authors' for
+positional-only attention, ``"probabilities"`` the per-image law (and the only one for content
+attention), ``"factors"`` the opt-in separable approximation of the per-image law."""
 FUSED_CPU_MIN_TOKENS = 512
 """On a CPU, content attention uses the fused kernel for inference from this many tokens on:
 measured (docs/performance.md) slower than the reference's products at 16x16 tokens, faster
@@ -86,11 +90,15 @@ class SelfAttention2d(nn.Module):
             ``1/sqrt(qk_dim)``, which only reparametrises the tables), as in the paper's third
             model.
         attn_dropout: dropout on the attention probabilities (training only).
-        attn_dropout_mode: ``"probabilities"`` (default, the paper's): every image drops
-            entries of its own ``(HW) x (HW)`` probabilities independently. ``"factors"``
-            (opt-in, separable encodings only): every image drops entries of its row and column
-            probabilities ``R``, ``C`` instead, which keeps the fast separable path in training;
-            same marginal keep probability and expectation, correlated masks (see
+        attn_dropout_mode: ``"probabilities"`` (the layer's default): every image drops
+            entries of its own ``(HW) x (HW)`` probabilities independently. ``"batch"``
+            (positional-only attention; the authors' code, and the default of the paper's
+            positional-only models): one mask per forward pass on the ``(heads, HW, HW)``
+            probabilities, shared by every image of the batch, survivors scaled by
+            ``1 / (1 - p)`` (:meth:`batch_dropout_mask`). ``"factors"`` (opt-in, separable
+            encodings only): every image drops entries of its row and column probabilities
+            ``R``, ``C`` instead, which keeps the fast separable path in training; same marginal
+            keep probability and expectation, correlated masks (see
             :func:`attnconv.layers.separable.factor_dropout`).
         value_proj: project the input to per-head values with a learned ``W_val``. ``None``
             (default) uses the identity when ``head_dim == dim`` (the paper's models: heads
@@ -142,6 +150,11 @@ class SelfAttention2d(nn.Module):
         if attn_dropout_mode not in DROPOUT_MODES:
             raise ValueError(f"unknown attn_dropout_mode {attn_dropout_mode!r}; choose one of "
                              f"{', '.join(DROPOUT_MODES)}")
+        if attn_dropout_mode == "batch" and content:
+            raise ValueError('attn_dropout_mode="batch" shares one mask over the batch and needs '
+                             'positional-only attention (content=False); content attention '
+                             'differs per image: use attn_dropout_mode="probabilities" (the '
+                             'only valid mode with content=True)')
         if attn_dropout_mode == "factors" and (content or encoding not in ("quadratic",
                                                                            "learned")):
             raise ValueError('attn_dropout_mode="factors" needs separable positional-only '
@@ -290,6 +303,18 @@ class SelfAttention2d(nn.Module):
     def _dropout_active(self) -> bool:
         return self.training and self.attn_dropout.p > 0
 
+    def batch_dropout_mask(self, tokens: int, *, device: torch.device,
+                           dtype: torch.dtype) -> Tensor:
+        """The scaled keep-mask ``(heads, N, N)`` of ``attn_dropout_mode="batch"``.
+
+        Entries are ``0`` (dropped, probability ``p``) or ``1 / (1 - p)``, one mask for the whole
+        batch. Drawn as ``F.dropout`` of a tensor of ones, so it consumes the random stream
+        exactly like ``nn.Dropout`` on the ``(heads, N, N)`` probabilities (the authors' code):
+        every algorithm of this layer multiplies its probabilities by this one mask.
+        """
+        ones = torch.ones(self.heads, tokens, tokens, device=device, dtype=dtype)
+        return F.dropout(ones, self.attn_dropout.p, training=True)
+
     @overload
     def forward(self, x: Tensor, return_attention: Literal[False] = ...) -> Tensor: ...
 
@@ -330,8 +355,11 @@ class SelfAttention2d(nn.Module):
         else:
             attn = self.attention(x)  # (B', heads, H, W, H, W)
             probs = attn.reshape(attn.shape[0], self.heads, n, n)  # (B', heads, N, N)
-            if self._dropout_active():
-                # Dropout on the probabilities, independently for every image (paper semantics).
+            if self._dropout_active() and self.attn_dropout_mode == "batch":
+                # One mask for the batch on the (heads, N, N) probabilities (authors' code).
+                probs = probs * self.batch_dropout_mask(n, device=probs.device, dtype=probs.dtype)
+            elif self._dropout_active():
+                # Dropout on the probabilities, independently for every image.
                 probs = self.attn_dropout(probs.expand(b, -1, -1, -1))
         values = self.values(x)
         mixed = probs.to(values.dtype) @ values  # (B, heads, N, head_dim)
@@ -351,7 +379,8 @@ class SelfAttention2d(nn.Module):
           (isotropic quadratic, learned positional-only, exactly diagonal ``Sigma^-1`` when
           ``S`` needs no gradient), unless the paper's probability dropout is active (with
           ``attn_dropout_mode="factors"`` it stays separable in training).
-        * ``"dense"``: the other positional-only cases (full covariance; probability dropout).
+        * ``"dense"``: the other positional-only cases (full covariance; probability dropout,
+          ``"batch"`` or ``"probabilities"``).
         * ``"fused"``: content attention, except on a CPU when training (PyTorch's fused CPU
           kernel has a slower backward pass than the reference's matrix products) or for fewer
           than :data:`FUSED_CPU_MIN_TOKENS` tokens (``tokens=None``: assume many); there
@@ -461,7 +490,12 @@ class SelfAttention2d(nn.Module):
         p = self.attn_dropout.p if self._dropout_active() else 0.0
         fuse = self._fuse_output()
         with full_precision(x.device.type):
-            shared = probs.to(dtype).view(n, self.heads, n).transpose(0, 1)  # (heads, N, N)
+            stacked = probs.view(n, self.heads, n)  # (q, heads, k)
+            if p > 0 and self.attn_dropout_mode == "batch":
+                # One mask for the whole batch (the reference's): the left factor stays shared.
+                mask = self.batch_dropout_mask(n, device=probs.device, dtype=probs.dtype)
+                stacked, p = stacked * mask.transpose(0, 1), 0.0  # (q, heads, k), contiguous
+            shared = stacked.to(dtype).transpose(0, 1)  # (heads, N, N), a view
             weight = self.out.weight.to(dtype) if fuse else None
             bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
             y = shared_attention(x.to(dtype), shared, weight, bias, dropout=p)

@@ -22,8 +22,12 @@ layout), ``dAcat = sum_b P[b] x[b]^T``, ``dx[b] = Acat^T P[b]``, and ``dW_out = 
 saved: a training step keeps only ``x``, ``Acat`` and, with dropout, a one-byte mask per
 probability -- not the heads-times-larger ``m`` nor a dropped copy of the probabilities.
 
-Attention dropout keeps the paper's semantics exactly: every image draws its own independent
-mask over the probabilities ``A_h[q, k]`` (:func:`dropout_mask`), survivors scaled by
+Attention dropout. With the authors' semantics (``attn_dropout_mode="batch"``) one mask is
+drawn per forward pass on the ``(heads, N, N)`` probabilities and shared by every image: the
+layer multiplies ``Acat`` by it before calling :func:`shared_attention` (``dropout=0``), so the
+left factor stays one shared matrix and the cost is the no-dropout cost. The per-image law
+(``attn_dropout_mode="probabilities"``, ``dropout=p`` here) draws an independent mask per image
+over the probabilities ``A_h[q, k]`` (:func:`dropout_mask`), survivors scaled by
 ``1 / (1 - p)``, so step 1 multiplies each image by its own matrix ``Acat * mask_b / (1 - p)``.
 """
 

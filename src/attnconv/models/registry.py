@@ -74,7 +74,9 @@ def create_model(
         image_size: ``H`` (square) or ``(H, W)`` of the training images; sizes the learned
             positional tables (smaller inputs work too).
         **overrides: fields of the model's config (e.g. ``hidden_size``, ``num_layers``,
-            ``heads`` for the self-attention models; ``base_width`` for ResNet).
+            ``heads``, ``attn_dropout_mode`` for the self-attention models -- ``"batch"``, one
+            attention-dropout mask per batch, is the default of the positional-only ones,
+            ``"probabilities"`` draws one per image; ``base_width`` for ResNet).
 
     Raises:
         ConfigError: unknown name or override, or an invalid value; the message suggests the

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from attnconv.errors import ConfigError, ShapeError
 from attnconv.layers import ENCODINGS, SelfAttention2d
+from attnconv.layers.attention import DROPOUT_MODES
 from attnconv.models.base import ImageClassifier
 from attnconv.models.registry import make_config, register_model
 from attnconv.models.space_to_depth import SpaceToDepth
@@ -49,6 +50,10 @@ class SANetConfig:
     ffn_size: int = 512  # intermediate width of the feed-forward block
     dropout: float = 0.1  # hidden dropout after the attention Dense and the FFN
     attn_dropout: float = 0.1  # dropout on the attention probabilities
+    # How that dropout draws its mask (attnconv.layers.attention.DROPOUT_MODES). None: the
+    # authors' code -- "batch" (one mask shared by the batch) for positional-only attention,
+    # "probabilities" (a mask per image) with content attention. Resolved in __post_init__.
+    attn_dropout_mode: str | None = None
     layer_norm_eps: float = 1e-12
     encoding: str = "quadratic"  # one of attnconv.layers.ENCODINGS
     content: bool = False  # add content-based attention q . k
@@ -100,6 +105,19 @@ class SANetConfig:
                               f"got {self.encoding!r}")
         if self.encoding == "none" and not self.content:
             raise ConfigError('encoding="none" needs content=True (no attention logits left)')
+        if self.attn_dropout_mode is None:
+            self.attn_dropout_mode = "probabilities" if self.content else "batch"
+        if self.attn_dropout_mode not in DROPOUT_MODES:
+            raise ConfigError(f"attn_dropout_mode must be one of {', '.join(DROPOUT_MODES)}, got "
+                              f"{self.attn_dropout_mode!r}")
+        if self.content and self.attn_dropout_mode != "probabilities":
+            raise ConfigError(f"attn_dropout_mode={self.attn_dropout_mode!r} needs "
+                              f"positional-only attention; with content=True use "
+                              f"attn_dropout_mode='probabilities'")
+        if self.attn_dropout_mode == "factors" and self.encoding not in ("quadratic", "learned"):
+            raise ConfigError(f"attn_dropout_mode='factors' needs a separable encoding "
+                              f"('quadratic' or 'learned'), got encoding={self.encoding!r}; use "
+                              f"'batch' or 'probabilities'")
         if self.content and self.encoding == "learned" and self.attention_qk_dim % 2:
             raise ConfigError(f"learned encoding with content splits each query into a row and "
                               f"a column half; qk_dim must be even, got {self.attention_qk_dim}")
@@ -133,7 +151,8 @@ class TransformerLayer(nn.Module):
         d = config.hidden_size
         self.attn = SelfAttention2d(
             d, heads, encoding=config.encoding, content=config.content,
-            attn_dropout=config.attn_dropout, qk_dim=config.attention_qk_dim,
+            attn_dropout=config.attn_dropout, attn_dropout_mode=config.attn_dropout_mode,
+            qk_dim=config.attention_qk_dim,
             max_size=config.grid_size, pos_dim=config.pos_dim or d)
         self.attn_dense = nn.Linear(d, d)
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -203,6 +222,8 @@ class SANet(ImageClassifier):
         return self.head(features.mean(dim=(1, 2)))  # (B, num_classes)
 
 
+# The positional-only models (sa-quadratic*, sa-learned) default to attn_dropout_mode="batch",
+# the content model to "probabilities" (SANetConfig.attn_dropout_mode=None): the authors' code.
 def _sa_net(name: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SANet:
     return SANet(make_config(SANetConfig, name, defaults, kwargs))
 
