@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset name (default: the one it was trained on)")
     parser.add_argument("--data-dir", help="directory holding the dataset files")
     parser.add_argument("--split", default="test", choices=["train", "test"])
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -54,18 +54,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from attnconv.data import load_dataset
+    from attnconv.errors import ConfigError
     from attnconv.train.distributed import pick_device
     from attnconv.train.engine import evaluate
     from attnconv.train.model_io import load_model
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    device = pick_device(args.device)  # an unknown or missing device: before loading anything
     model, meta = load_model(args.checkpoint)
-    device = pick_device(args.device)
     model.to(device)
     dataset = args.dataset or meta["dataset"]
     data_dir = args.data_dir or meta["config"].get("data_dir")
     arrays = load_dataset(dataset, args.split, data_dir)
     images = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(arrays.labels)
+    if len(labels) == 0:
+        raise ConfigError(f"the {args.split} split of {dataset} holds no images; there is "
+                          f"nothing to evaluate")
     check_compatible(model, meta, dataset, images, arrays.num_classes, device)
     metrics = evaluate(model, images, labels, mean=meta["mean"], std=meta["std"],
                        batch_size=args.batch_size, device=device, precision=args.precision)

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
                                 f".safetensors checkpoint")
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_mb < 0:
         raise ValueError(f"--max-mb must be >= 0 (0: no limit), got {args.max_mb}")
     out = args.out or (run_directory(source) or source.parent) / "explorer.html"

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 from attnconv.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SEED_LIMIT = 2**63  # seeds are in [0, 2**63): every derived torch/numpy seed then fits
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few hundred bytes; refuse anything huge
+MAX_CONFIG_NODES = 100_000  # values in the loaded YAML, aliases counted where they are used
 SCHEDULES = ("warmup-cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -91,11 +95,15 @@ class TrainConfig:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value <= 0):
                 raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
-        if not isinstance(self.name, str) or self.name.strip() in ("", ".", ".."):
-            raise ConfigError(f"name must name the run directory under out_dir, got "
-                              f"{self.name!r}")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
+        check_run_name(self.name)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not (
+                0 <= self.seed < SEED_LIMIT):
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if self.data_dir is not None and (not isinstance(self.data_dir, str)
+                                          or "\0" in self.data_dir):
             raise ConfigError(f"data_dir must be a path or null, got {self.data_dir!r}")
+        if not isinstance(self.out_dir, str) or not self.out_dir or "\0" in self.out_dir:
+            raise ConfigError(f"out_dir must be a directory path, got {self.out_dir!r}")
         if not isinstance(self.milestones, list) or not all(
                 isinstance(m, int) and not isinstance(m, bool) for m in self.milestones):
             raise ConfigError(f"milestones must be a list of epochs, got {self.milestones!r}")
@@ -104,8 +112,10 @@ class TrainConfig:
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key} must be one of {', '.join(choices)}, got "
                                   f"{getattr(self, key)!r}")
-        if not isinstance(self.model_args, dict):
-            raise ConfigError("model_args must be a mapping of model overrides")
+        if not isinstance(self.model_args, dict) or not all(
+                isinstance(k, str) for k in self.model_args):
+            raise ConfigError("model_args must be a mapping of model option names to values, "
+                              f"got {self.model_args!r}"[:300])
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +132,23 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _unknown_key(key: str) -> ConfigError:
+def check_run_name(name: object) -> None:
+    """A run ``name`` is one plain path component: the run directory is ``out_dir/name``.
+
+    Raises :class:`ConfigError` for a non-string, an empty name, ``.``/``..``, a path
+    separator, an absolute path or a NUL byte (the run would land outside ``out_dir``).
+    """
+    seps = [sep for sep in ("/", os.sep, os.altsep) if sep]
+    if (not isinstance(name, str) or name.strip() in ("", ".", "..") or "\0" in name
+            or any(sep in name for sep in seps) or Path(name).is_absolute()):
+        raise ConfigError(f"name must name the run directory under out_dir: one plain "
+                          f"directory name (no '/', not '.' or '..', not empty), got {name!r}")
+
+
+def _unknown_key(key: object) -> ConfigError:
+    if not isinstance(key, str):
+        return ConfigError(f"config keys are names, got {key!r}; known keys: "
+                           f"{', '.join(FIELDS)}")
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELDS)}"
     return ConfigError(f"unknown config key {key!r}{hint}")
@@ -145,7 +171,11 @@ def _coerce(key: str, value: Any) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key} must be a finite number, got an integer of "
+                              f"{len(str(abs(value)))} digits") from None
     elif isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
@@ -155,7 +185,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a mapping (unknown keys are errors)."""
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in FIELDS:
+        if not isinstance(key, str) or key not in FIELDS:
             raise _unknown_key(key)
         kwargs[key] = _coerce(key, value)
     return TrainConfig(**kwargs).validate()
@@ -173,6 +203,52 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _count_nodes(value: Any, limit: int) -> int:
+    """Values in a loaded YAML document, aliases counted at every use; stops above ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return count
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``{}`` for an empty file).
+
+    Raises :class:`ConfigError` for a file that is too large, not UTF-8, not YAML, nested too
+    deeply, expands (through aliases) to too many values, or does not hold a mapping.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {len(raw):,} bytes, more than a config file can be "
+                          f"({MAX_CONFIG_BYTES:,}); pass a YAML file of config keys")
+    try:
+        loaded = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); pass a YAML file of "
+                          f"config keys") from err
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())
+        raise ConfigError(f"{path} is not valid YAML: {first}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path} is nested too deeply to be a config file") from err
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got "
+                          f"{type(loaded).__name__}")
+    if _count_nodes(loaded, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path} expands to more than {MAX_CONFIG_NODES:,} values (YAML "
+                          f"aliases?); a config file holds a few dozen")
+    return dict(loaded or {})
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
@@ -180,13 +256,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys")
-        data = dict(loaded or {})
+        data = read_yaml_mapping(path)
     for text in overrides or []:
         keys, value = parse_override(text)
         if keys[0] not in FIELDS:
@@ -194,8 +264,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if len(keys) == 1:
             data[keys[0]] = value
         elif keys[0] == "model_args" and len(keys) == 2:
-            data.setdefault("model_args", {})
-            data["model_args"] = {**data["model_args"], keys[1]: value}
+            base = data.get("model_args") or {}
+            if not isinstance(base, dict):
+                raise ConfigError(f"override {text!r}: model_args of the config file is not "
+                                  f"a mapping ({base!r})"[:300])
+            data["model_args"] = {**base, keys[1]: value}
         else:
             raise ConfigError(f"override {text!r}: only model_args.<name>=value nests")
     return config_from_dict(data)

@@ -30,20 +30,47 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; under torchrun each rank gets its own GPU."""
+    """``auto`` picks cuda, then mps, then cpu; under torchrun each rank gets its own GPU.
+
+    Raises:
+        ConfigError: an unknown device name, or a device this machine does not have
+            (``cuda`` without CUDA, ``cuda:3`` on a machine with 2 GPUs, ``mps`` off Apple).
+    """
+    from attnconv.errors import ConfigError
+
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        elif _mps_available():
             name = "mps"
         else:
             name = "cpu"
-    if name == "cuda":
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda was requested but CUDA is not available; use "
-                               "device=cpu or device=auto")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+            raise ConfigError(f"device={name} was requested but CUDA is not available on this "
+                              f"machine; use device=cpu or device=auto")
+        count = torch.cuda.device_count()
+        if device.index is not None:
+            if device.index >= count:
+                raise ConfigError(f"device={name} was requested but this machine has {count} "
+                                  f"GPU(s) (cuda:0 to cuda:{count - 1})")
+            return device
+        return torch.device("cuda", local_rank % count)
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device={name} was requested but MPS (Apple GPU) is not available; "
+                          f"use device=cpu or device=auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def setup(device_name: str, timeout_s: float = 300.0) -> DistInfo:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from attnconv.data import normalize
 from attnconv.data.transforms import crop_flip, draw_crop_flip
+from attnconv.errors import ConfigError
 from attnconv.train.distributed import DistInfo, all_reduce_sum
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,7 +35,8 @@ def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffled order of the ``n`` training examples in ``epoch`` (seeded, resumable)."""
-    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    # reduced like step_seed so that every seed in [0, 2**63) gives a valid generator seed
+    g = torch.Generator().manual_seed((seed * 7919 + epoch) % (2**63 - 1))
     return torch.randperm(n, generator=g)
 
 
@@ -84,7 +86,18 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
              std: Sequence[float], batch_size: int, device: torch.device, precision: str = "fp32",
              info: DistInfo | None = None) -> dict[str, float]:
-    """Loss and accuracy over a whole split (sharded over ranks, then summed)."""
+    """Loss and accuracy over a whole split (sharded over ranks, then summed).
+
+    Raises:
+        ConfigError: the split holds no images (an accuracy over nothing is not a number),
+            or ``batch_size`` is not a positive integer.
+    """
+    if len(labels) == 0:
+        raise ConfigError("cannot evaluate on zero images: the split is empty (accuracy over "
+                          "no images is undefined); evaluate a split that holds images")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"the evaluation batch size must be a positive integer, got "
+                          f"{batch_size!r}")
     info = info or DistInfo(device=device)
     was_training = model.training
     model.eval()
@@ -99,4 +112,4 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence
         correct += (logits.argmax(dim=-1) == y).sum().item()
     model.train(was_training)
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, float(len(shard))], info)
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+    return {"loss": loss_sum / count, "accuracy": correct / count}

@@ -5,7 +5,11 @@ Files in the run directory (``out_dir/name``), written by rank 0 only, each atom
 (Gaussian head centres and widths per epoch, quadratic models), ``checkpoints/last.safetensors``
 (every epoch), ``checkpoints/best.safetensors`` (best validation accuracy),
 ``checkpoints/step-*.safetensors`` (every ``checkpoint_every_steps``, last ``keep_last`` kept) and
-``results.json`` (test accuracy of the best checkpoint).
+``results.json`` (test accuracy of the best-by-validation checkpoint, or of the final model when
+``val_fraction=0`` leaves no validation split; ``selected`` says which).
+
+A run directory is only ever written when it is new (or empty), when it is resumed
+(``resume=``), or with ``overwrite=True``; anything else is refused before a file is written.
 
 What survives what (docs/reliability.md lists the tests):
 
@@ -50,7 +54,7 @@ from attnconv.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from attnconv.train.config import TrainConfig, load_config
+from attnconv.train.config import TrainConfig, config_from_dict, load_config
 from attnconv.train.engine import (
     autocast,
     epoch_order,
@@ -59,6 +63,7 @@ from attnconv.train.engine import (
     step_seed,
     train_step,
 )
+from attnconv.train.memory import check_fits, estimate_training_memory
 from attnconv.train.model_io import model_kwargs
 from attnconv.train.optim import make_optimizer, make_scheduler
 from attnconv.train.state import capture, restore, unwrap
@@ -71,6 +76,17 @@ CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
 
 STEP_PREFIX = "step-"
 PROTECTED = ("best.safetensors", "last.safetensors")  # never pruned
+
+#: What a run writes in its directory; ``overwrite=True`` removes exactly these first.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "heads.jsonl", "results.json")
+RUN_SUBDIRS = ("checkpoints", "tensorboard")
+
+#: Config keys a resume may differ in from its checkpoint without ``allow_config_change``:
+#: where the run lives, where the data is read from (its content is checked by hash), the
+#: device and how work is scheduled, how often checkpoints are written. Everything else
+#: (model, batch size, schedule, epochs, seed...) would silently make it another run.
+RESUME_SAFE_KEYS = frozenset({"name", "out_dir", "data_dir", "device", "threads", "compile",
+                              "dist_timeout_s", "checkpoint_every_steps", "keep_last"})
 
 
 class TrainingInterrupted(AttnconvError):
@@ -263,6 +279,14 @@ def newest_checkpoint(run_dir: Path, log: Callable[[str], None] = print, *,
     ``set_aside`` a damaged step checkpoint is renamed ``NAME.corrupt`` so that it is neither
     resumed from nor counted by ``keep_last`` again.
     """
+    ckpt, failures = find_newest_checkpoint(run_dir)
+    report_skipped(failures, ckpt.path, log, set_aside=set_aside)
+    return ckpt
+
+
+def find_newest_checkpoint(run_dir: Path) -> tuple[Checkpoint, list[tuple[Path, str]]]:
+    """The newest checkpoint that loads cleanly and the ``(path, reason)`` of newer damaged
+    ones; reads only (see :func:`newest_checkpoint`)."""
     ckpt_dir = run_dir / "checkpoints"
     candidates = list(ckpt_dir.glob("*.safetensors"))
     if not candidates:
@@ -288,19 +312,103 @@ def newest_checkpoint(run_dir: Path, log: Callable[[str], None] = print, *,
                 f"{path} lacks valid progress metadata ({err})"
             failures.append((path, reason))
             continue
-        for bad, reason in failures:
-            note = ""
-            if set_aside and bad.name.startswith(STEP_PREFIX):  # best/last: rewritten later
-                try:
-                    bad.replace(bad.with_name(bad.name + ".corrupt"))
-                    note = f" (kept as {bad.name}.corrupt)"
-                except OSError:
-                    pass
-            log(f"warning: {reason}; resuming from the previous complete checkpoint "
-                f"{path} instead{note}")
-        return ckpt
+        return ckpt, failures
     raise CheckpointError(f"no complete checkpoint in {ckpt_dir}: "
                           + "; ".join(reason for _, reason in failures))
+
+
+def report_skipped(failures: list[tuple[Path, str]], chosen: Path,
+                   log: Callable[[str], None], *, set_aside: bool) -> None:
+    """Warn about each damaged checkpoint skipped in favour of ``chosen``; with ``set_aside``
+    rename damaged step checkpoints ``NAME.corrupt``."""
+    for bad, reason in failures:
+        note = ""
+        if set_aside and bad.name.startswith(STEP_PREFIX):  # best/last: rewritten later
+            try:
+                bad.replace(bad.with_name(bad.name + ".corrupt"))
+                note = f" (kept as {bad.name}.corrupt)"
+            except OSError:
+                pass
+        log(f"warning: {reason}; resuming from the previous complete checkpoint "
+            f"{chosen} instead{note}")
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` holds an attnconv run that can be resumed (config and a checkpoint)."""
+    return (path / "config.yaml").is_file() and any((path / "checkpoints").glob("*.safetensors"))
+
+
+def check_run_directory(run_dir: Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run directory this run must not write into.
+
+    A new run writes into a directory that does not exist or is empty, or (``overwrite``) into
+    any directory, whose run files are then replaced; a resume needs an attnconv run.
+
+    Raises:
+        ConfigError: naming the directory and the ways forward.
+    """
+    if resuming:
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); pass the "
+                              f"directory a previous 'attnconv train' wrote")
+        return
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} exists and is not a directory; choose another name=... "
+                          f"or out_dir=...")
+    if overwrite or not any(run_dir.iterdir()):
+        return
+    if is_run_directory(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                          f"replace it with --overwrite, or choose another name (name=...)")
+    raise ConfigError(f"{run_dir} exists and is neither empty nor a resumable attnconv run "
+                      f"(config.yaml and a checkpoint); refusing to write into it: choose "
+                      f"another name (name=...) or out_dir, or pass --overwrite to replace its "
+                      f"run files")
+
+
+def clear_run_files(run_dir: Path) -> list[Path]:
+    """Remove what a previous run wrote in ``run_dir`` (``overwrite``); return what was removed.
+
+    Only :data:`RUN_FILES` and :data:`RUN_SUBDIRS` are touched; other files stay.
+    """
+    import shutil
+
+    removed = []
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    for name in RUN_SUBDIRS:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed.append(path)
+        elif path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def config_changes(saved: dict[str, Any], current: TrainConfig) -> list[str]:
+    """``key (checkpoint A, config.yaml B)`` for each key where ``current`` differs from the
+    config saved in a checkpoint, ignoring :data:`RESUME_SAFE_KEYS`."""
+    try:
+        before = config_from_dict(saved).to_dict()
+    except ConfigError:  # written by another version: compare what is there
+        before = dict(saved)
+    after = current.to_dict()
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if key in RESUME_SAFE_KEYS:
+            continue
+        if json.dumps(before.get(key), sort_keys=True, default=str) != json.dumps(
+                after.get(key), sort_keys=True, default=str):
+            changed.append(f"{key} (checkpoint {before.get(key)!r}, config.yaml "
+                           f"{after.get(key)!r})")
+    return changed
 
 
 class _StopFlag:
@@ -344,11 +452,19 @@ def _all_finite(model: nn.Module) -> bool:
 
 
 def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+          overwrite: bool = False, allow_config_change: bool = False,
           log: Callable[[str], None] = print, progress_bar: bool | None = None) -> dict[str, Any]:
-    """Train, choosing the best epoch on the validation split; return the results dictionary.
+    """Train and test; return the results dictionary.
+
+    The tested model is the best epoch by validation accuracy, or the final one when
+    ``val_fraction=0`` leaves no validation split (``results["selected"]`` is ``"best"`` or
+    ``"last"``).
 
     ``resume`` continues the run in that directory from its newest complete checkpoint (its
-    saved ``config.yaml`` is used; ``cfg`` must then be None).
+    saved ``config.yaml`` is used; ``cfg`` must then be None). A ``config.yaml`` edited since
+    the checkpoint (other than :data:`RESUME_SAFE_KEYS`) is refused unless
+    ``allow_config_change``. A new run writes ``out_dir/name`` only if it does not exist or is
+    empty; ``overwrite`` replaces the run files of any existing directory.
 
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was written first.
@@ -361,22 +477,26 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         run_dir = Path(resume)
         if cfg is not None:
             raise ConfigError("pass either a config or resume=RUN_DIR, not both")
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); pass the "
-                              f"directory a previous 'attnconv train' wrote")
+        if overwrite:
+            raise ConfigError("overwrite replaces a run, resume continues it; pass only one")
+        check_run_directory(run_dir, resuming=True, overwrite=False)
         cfg = load_config(run_dir / "config.yaml")
     else:
         cfg = (cfg or TrainConfig()).validate()
         run_dir = Path(cfg.out_dir) / cfg.name
+        # every rank checks before the process group forms, so before any rank can write
+        check_run_directory(run_dir, resuming=False, overwrite=overwrite)
     dist_info = distributed.setup(cfg.device, cfg.dist_timeout_s)
     try:
-        return _run(cfg, run_dir, resume is not None, dist_info, log, progress_bar)
+        return _run(cfg, run_dir, resume is not None, dist_info, log, progress_bar,
+                    overwrite=overwrite, allow_config_change=allow_config_change)
     finally:
         distributed.teardown()
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed.DistInfo,
-         log: Callable[[str], None], progress_bar: bool | None) -> dict[str, Any]:
+         log: Callable[[str], None], progress_bar: bool | None, *, overwrite: bool = False,
+         allow_config_change: bool = False) -> dict[str, Any]:
     main = dist_info.is_main
     say = log if main else (lambda _msg: None)
     if cfg.threads:
@@ -384,30 +504,44 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     ckpt_dir = run_dir / "checkpoints"
-    if not resuming and ckpt_dir.exists() and any(ckpt_dir.glob("*.safetensors")):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          f"or choose another name (name=...)")
     if cfg.batch_size % dist_info.world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the "
                           f"{dist_info.world_size} processes; choose a multiple")
 
     ckpt = None
-    if resuming:  # fail before loading data
+    if resuming:  # fail before loading data, and before anything is written
+        ckpt, skipped = find_newest_checkpoint(run_dir)
+        changed = config_changes(ckpt.meta.get("config") or {}, cfg)
+        if changed and not allow_config_change:
+            raise ConfigError(
+                f"{run_dir / 'config.yaml'} no longer matches its checkpoint {ckpt.path.name}: "
+                f"{'; '.join(changed)}; restore config.yaml, or pass --allow-config-change to "
+                f"resume with the edited values (the result is then not the run it started as)")
+        if changed:
+            say(f"warning: resuming with a config.yaml edited since {ckpt.path.name}: "
+                f"{'; '.join(changed)}")
         if main:
             stale = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(run_dir)
             if stale:
                 say(f"removed {len(stale)} unfinished temporary file(s) left by an interrupted "
                     f"write: {', '.join(p.name for p in stale)}")
-        ckpt = newest_checkpoint(run_dir, say, set_aside=main)
+        report_skipped(skipped, ckpt.path, say, set_aside=main)
     data = load_data(cfg)
     n_train = len(data.train[1])
+    n_val = len(data.val[1])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training "
                           f"images; lower batch_size")
     fingerprint = data.train_fingerprint()
+    num_classes = len(data.classes)
+    per_rank = cfg.batch_size // dist_info.world_size
+    check_fits(estimate_training_memory(lambda: build_model(cfg, num_classes, data.shape),
+                                        (per_rank, *data.shape)),
+               dist_info.device, what=f"{cfg.model} ({cfg.model_args or 'default size'})",
+               batch_size=per_rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = build_model(cfg, len(data.classes), data.shape).to(dist_info.device)
+    model = build_model(cfg, num_classes, data.shape).to(dist_info.device)
     check_model_takes_data(model, cfg, data, dist_info.device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(model, cfg)
@@ -432,6 +566,11 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
             _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("epoch", 0) <= done)
             _truncate_jsonl(run_dir / "heads.jsonl", lambda r: r.get("epoch", 0) <= done)
     elif main:
+        if overwrite and run_dir.is_dir():
+            removed = clear_run_files(run_dir)
+            if removed:
+                say(f"--overwrite: removed the previous run files in {run_dir}: "
+                    f"{', '.join(p.name for p in removed)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         for name in ("metrics.jsonl", "heads.jsonl"):
@@ -441,6 +580,9 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
             _append_jsonl(run_dir / "heads.jsonl", {"epoch": 0, "layers": heads})
 
     net: nn.Module = model
+    if n_val == 0:
+        say(f"no validation split (val_fraction={cfg.val_fraction:g}): training on all "
+            f"{n_train} training images; the final-epoch model is tested")
     if dist_info.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None)
@@ -492,7 +634,6 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
             signum)
 
     crash_at = _crash_step(dist_info.rank)
-    per_rank = cfg.batch_size // dist_info.world_size
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
     board = tensorboard_writer(run_dir) if main else None
     result: dict[str, Any] = {}
@@ -544,16 +685,21 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 progress.train_time_s += epoch_time
                 loss_sum, correct, seen = distributed.all_reduce_sum(
                     [progress.loss_sum, progress.correct, progress.seen], dist_info)
-                val = evaluate(model, *data.val, mean=data.mean, std=data.std,
-                               batch_size=cfg.eval_batch_size, device=dist_info.device,
-                               precision=cfg.precision, info=dist_info)
+                # no validation split: no validation metrics (None), never a made-up 0.0
+                val: dict[str, float | None] = {"loss": None, "accuracy": None}
+                if n_val:
+                    val = dict(evaluate(model, *data.val, mean=data.mean, std=data.std,
+                                        batch_size=cfg.eval_batch_size,
+                                        device=dist_info.device, precision=cfg.precision,
+                                        info=dist_info))
                 row = {"epoch": epoch + 1, "step": progress.global_step,
                        "train_loss": loss_sum / max(seen, 1),
                        "train_accuracy": correct / max(seen, 1),
                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                        "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
                        "images_per_s": seen / max(epoch_time, 1e-9)}
-                improved = val["accuracy"] > progress.best_val_accuracy
+                improved = (val["accuracy"] is not None
+                            and val["accuracy"] > progress.best_val_accuracy)
                 if improved:
                     progress.best_val_accuracy, progress.best_epoch = val["accuracy"], epoch + 1
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
@@ -566,7 +712,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                                                                 "layers": heads})
                     if board is not None:
                         for key, value in row.items():
-                            if key not in ("epoch", "step"):
+                            if key not in ("epoch", "step") and value is not None:
                                 board.add_scalar(key, value, epoch + 1)
                         board.flush()
                 # best before last: a kill between the two leaves last at the previous epoch,
@@ -574,16 +720,18 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 if improved:
                     save(ckpt_dir / "best.safetensors")
                 save(ckpt_dir / "last.safetensors")
+                val_text = (f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+                            if n_val else "no validation split")
                 say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} "
-                    f"acc {row['val_accuracy']:.4f}  {row['images_per_s']:.0f} img/s")
+                    f"acc {row['train_accuracy']:.4f}  {val_text}  "
+                    f"{row['images_per_s']:.0f} img/s")
                 if distributed.any_rank([stop.signal is not None], dist_info)[0]:
                     raise interrupted(stop.signal or signal.SIGTERM, ckpt_dir / "last.safetensors")
 
-            if main:
+            if main and n_val:  # the best epoch by validation; without a split, the last
                 unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.safetensors")
                                               .section("model"))
-            if dist_info.distributed:  # every rank evaluates its shard with the best weights
+            if dist_info.distributed:  # every rank evaluates its shard with the same weights
                 for tensor in unwrap(model).state_dict().values():
                     torch.distributed.broadcast(tensor, src=0)
             test = evaluate(model, *data.test, mean=data.mean, std=data.std,
@@ -602,14 +750,21 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 f"attnconv train --resume {run_dir}") from err
         if stop.signal is not None:  # arrived during the test evaluation: only that is left
             raise interrupted(stop.signal, ckpt_dir / "last.safetensors")
+        selected = "best" if n_val else "last"
         result = {"name": cfg.name, "model": cfg.model, "dataset": cfg.dataset,
-                  "params": params, "epochs": cfg.epochs, "best_epoch": progress.best_epoch,
-                  "best_val_accuracy": progress.best_val_accuracy,
+                  "params": params, "epochs": cfg.epochs,
+                  "best_epoch": progress.best_epoch if n_val else None,
+                  "best_val_accuracy": progress.best_val_accuracy if n_val else None,
+                  "selected": selected,
+                  "tested_epoch": progress.best_epoch if n_val else cfg.epochs,
+                  "train_images": n_train, "val_images": n_val,
                   "test_accuracy": test["accuracy"], "test_loss": test["loss"],
                   "train_time_s": progress.train_time_s, "world_size": dist_info.world_size,
                   "device": str(dist_info.device), "precision": cfg.precision}
         if main:
             atomic_write_text(run_dir / "results.json", json.dumps(result, indent=2) + "\n")
-        say(f"test accuracy {test['accuracy']:.4f} (best epoch {progress.best_epoch} by "
-            f"validation accuracy); results in {run_dir / 'results.json'}")
+        which = (f"best epoch {progress.best_epoch} by validation accuracy" if n_val else
+                 f"final epoch {cfg.epochs}; no validation split")
+        say(f"test accuracy {test['accuracy']:.4f} ({which}); results in "
+            f"{run_dir / 'results.json'}")
     return result
