@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnconv.analysis.converted import check_conversion, read_check, write_check
+from attnconv.analysis.converted import check_conversion, check_run, read_check, write_check
 from attnconv.models import create_model
 
 
@@ -46,3 +46,10 @@ def test_conversion_errors() -> None:
         check_conversion(net3d, x, y)
     with pytest.raises(ValueError, match="as many labels"):
         check_conversion(nn.Conv2d(1, 2, 3), x, y[:1])
+
+
+def test_check_run_on_a_trained_cnn(cnn_run: Path) -> None:
+    check = check_run(cnn_run, images=10)
+    assert check.images == 10 and check.predictions_identical
+    assert check.test_accuracy == check.cnn_accuracy
+    assert check.heads == 9 * 17 + 3  # 17 3x3 convs (stem + 16 in blocks), 3 1x1 shortcuts

@@ -38,6 +38,7 @@ class ConversionCheck:
     images: int
     convolutions: int  # converted Conv1d/Conv2d modules
     heads: int  # attention heads of the converted network, all layers together
+    params: int  # parameters of the converted network
     cnn_accuracy: float
     test_accuracy: float  # of the converted network
     predictions_identical: bool
@@ -107,6 +108,7 @@ def check_conversion(model: nn.Module, images: Tensor, labels: Tensor, *,
     margin = float((top2[:, 0] - top2[:, 1]).min()) if top2 is not None else float("inf")
     check = ConversionCheck(
         images=len(images), convolutions=len(convs), heads=heads,
+        params=sum(p.numel() for p in converted.parameters()),
         cnn_accuracy=float((cnn_pred == labels).double().mean()),
         test_accuracy=float((att_pred == labels).double().mean()),
         predictions_identical=bool((cnn_pred == att_pred).all()),
@@ -115,6 +117,29 @@ def check_conversion(model: nn.Module, images: Tensor, labels: Tensor, *,
         min_margin=margin, cnn_time_s=cnn_time, attention_time_s=attention_time,
         dtype=str(images.dtype).removeprefix("torch."))
     return converted, check
+
+
+def check_run(run_dir: str | Path, *, images: int | None = None, data_dir: str | None = None,
+              batch_size: int = 250) -> ConversionCheck:
+    """:func:`check_conversion` of a trained run's best checkpoint on its test split.
+
+    Args:
+        run_dir: a run directory written by ``attnconv train`` (or a checkpoint).
+        images: the first ``images`` test images (default: the whole test split).
+        data_dir: where the dataset files are (default: the run's own).
+        batch_size: images per forward pass.
+    """
+    from attnconv.data import load_dataset, normalize
+    from attnconv.train.model_io import load_model
+
+    model, meta = load_model(run_dir)
+    arrays = load_dataset(meta["dataset"], "test",
+                          data_dir or (meta.get("config") or {}).get("data_dir"))
+    count = len(arrays.labels) if images is None else images
+    raw = torch.from_numpy(arrays.images[:count]).permute(0, 3, 1, 2)  # (N, C, H, W) uint8
+    x = normalize(raw, meta["mean"], meta["std"])  # as the trainer's evaluation
+    y = torch.from_numpy(arrays.labels[:count]).long()
+    return check_conversion(model, x, y, batch_size=batch_size)[1]
 
 
 def write_check(run_dir: str | Path, check: ConversionCheck) -> Path:

@@ -1,0 +1,56 @@
+"""The demo's settings: a fair comparison as in the paper's Table 1, and its summary tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from attnconv.commands.demo import (
+    DEMO_RUNS,
+    PAPER_MILESTONES,
+    coverage_table,
+    demo_config,
+    scaled_milestones,
+)
+from attnconv.models import create_model
+
+
+def test_demo_models_are_parameter_matched() -> None:
+    counts = {}
+    for run in DEMO_RUNS:
+        cfg = demo_config(run, "runs/demo")
+        model = create_model(cfg.model, in_chans=1, image_size=28, num_classes=10,
+                             **cfg.model_args)  # the embedded Fashion-MNIST shape
+        counts[run] = sum(p.numel() for p in model.parameters())
+    low, high = min(counts.values()), max(counts.values())
+    assert high <= 1.25 * low, counts
+
+
+def test_demo_runs_share_data_budget_and_optimiser() -> None:
+    cfgs = {run: demo_config(run, "out", epochs=12) for run in DEMO_RUNS}
+    shared = {(c.dataset, c.epochs, c.batch_size, c.val_fraction, c.augment, c.seed, c.lr,
+               c.momentum, c.weight_decay, c.train_subset) for c in cfgs.values()}
+    assert shared == {("embedded", 12, 50, 0.1, True, 0, 0.1, 0.9, 1e-4, None)}
+    sa, cnn = cfgs["sa-quadratic"], cfgs["cnn"]
+    assert (sa.schedule, sa.warmup_fraction) == ("warmup-cosine", 0.05)
+    assert (cnn.schedule, cnn.gamma, cnn.milestones) == ("multistep", 0.1, [3, 6, 10])
+    assert demo_config("cnn", "out", train_subset=40).train_subset == 40
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 8, 30, 300])
+def test_scaled_milestones_keep_the_paper_fractions(epochs: int) -> None:
+    got = scaled_milestones(epochs)
+    assert got == sorted(got) and all(m >= 1 for m in got)
+    for m, paper in zip(got, PAPER_MILESTONES, strict=True):
+        assert abs(m - epochs * paper / 300) <= 0.5 or m == 1
+    assert scaled_milestones(300) == list(PAPER_MILESTONES)
+
+
+def test_coverage_table() -> None:
+    rows = [{"layer": 0, "heads": 9, "end_epoch": 8,
+             "init": {"neighbours_covered": 1, "distinct_centres": 9},
+             "end": {"neighbours_covered": 6, "distinct_centres": 8}},
+            {"layer": 1, "heads": 9, "end_epoch": 8, "init": None,
+             "end": {"neighbours_covered": 0, "distinct_centres": 2}}]
+    lines = coverage_table(rows)
+    assert lines[2] == "| 1 | 9 | 1/8 | 6/8 | 9 | 8 |"
+    assert lines[3] == "| 2 | 9 | - | 0/8 | - | 2 |"
