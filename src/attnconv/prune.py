@@ -2,11 +2,14 @@
 
 After training, some full-covariance heads degenerate: ``Sigma^-1`` becomes tiny (the Gaussian
 covers the whole image: near-uniform averaging) or singular (a line). The paper pruned such heads
-(15 of 54) and fine-tuned without losing accuracy. Here a head is *degenerate* when
+(15 of 54) and fine-tuned without losing accuracy. Here, as in the authors' code
+(epfml/attention-cnn, ``train.py: find_degenerated_heads``), a head is *degenerate* when
 
-* the largest eigenvalue of ``Sigma^-1`` is below ``min_precision`` (its narrowest width
-  ``sigma = 1/sqrt(lambda_max)`` is wider than ``1/sqrt(min_precision)`` tokens), or
-* the condition number ``lambda_max / lambda_min`` of ``Sigma^-1`` exceeds ``max_condition``.
+* the condition number ``lambda_max / lambda_min`` of ``Sigma^-1`` exceeds ``max_condition``
+  (default :data:`MAX_CONDITION` = 1e3: a line rather than a blob), or else
+* the largest eigenvalue of ``Sigma^-1`` is below ``min_eigenvalue`` (default
+  :data:`MIN_EIGENVALUE` = 1e-5: its narrowest width ``sigma = 1/sqrt(lambda_max)`` is over
+  ~316 tokens, so the head averages the whole image uniformly).
 
 Pruning physically removes the heads: a new ``SelfAttention2d`` with the kept heads only, the
 matching columns of ``W_out`` (and rows of the value/query/key projections), nothing reset.
@@ -15,15 +18,54 @@ matching columns of ``W_out`` (and rows of the value/query/key projections), not
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from attnconv.errors import ConfigError
 from attnconv.layers import SelfAttention2d
 
-DEFAULT_MIN_PRECISION = 1e-2
-DEFAULT_MAX_CONDITION = 1e3
+MIN_EIGENVALUE = 1e-5
+"""A head whose largest eigenvalue of ``Sigma^-1`` is below this is pruned as too wide.
+
+The authors' threshold (``train.py: find_degenerated_heads``, ``eig_values.max() < 1e-5``; for
+isotropic heads ``sigma_inv ** 2 < 1e-5``). A Gaussian this wide (``sigma > 316`` tokens) is
+uniform over any image the paper uses.
+"""
+
+MAX_CONDITION = 1e3
+"""A head whose ``Sigma^-1`` has a condition number above this is pruned as degenerate.
+
+The authors' threshold (``train.py: find_degenerated_heads``, ``condition_number > 1000``).
+"""
+
+
+def check_thresholds(min_eigenvalue: float, max_condition: float) -> None:
+    """Raise :class:`ConfigError` unless both pruning thresholds are usable numbers.
+
+    ``min_eigenvalue`` must be finite and ``>= 0`` (0 prunes no head as too wide);
+    ``max_condition`` must be finite and ``>= 1`` (every condition number is ``>= 1``, so a
+    smaller bound would prune every head).
+    """
+    for name, value, flag, default in (
+            ("min_eigenvalue", min_eigenvalue, "--min-eigenvalue", MIN_EIGENVALUE),
+            ("max_condition", max_condition, "--max-condition", MAX_CONDITION)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}; pass e.g. the authors' "
+                              f"{flag} {default:g}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}; pass a finite "
+                              f"{flag} (the authors' value is {default:g})")
+    if min_eigenvalue < 0:
+        raise ConfigError(f"min_eigenvalue must be >= 0 (eigenvalues of Sigma^-1 are >= 0), got "
+                          f"{min_eigenvalue:g}; pass --min-eigenvalue 0 to prune no head as too "
+                          f"wide, or the authors' {MIN_EIGENVALUE:g}")
+    if max_condition < 1:
+        raise ConfigError(f"max_condition must be >= 1 (every condition number is >= 1, a smaller "
+                          f"bound prunes every head), got {max_condition:g}; pass the authors' "
+                          f"--max-condition {MAX_CONDITION:g} or a larger value")
 
 
 @dataclass(frozen=True)
@@ -41,9 +83,16 @@ class HeadVerdict:
     reason: str
 
 
-def head_verdicts(model: nn.Module, *, min_precision: float = DEFAULT_MIN_PRECISION,
-                  max_condition: float = DEFAULT_MAX_CONDITION) -> list[HeadVerdict]:
-    """Classify every head of every quadratic attention layer of ``model`` (in model order)."""
+def head_verdicts(model: nn.Module, *, min_eigenvalue: float = MIN_EIGENVALUE,
+                  max_condition: float = MAX_CONDITION) -> list[HeadVerdict]:
+    """Classify every head of every quadratic attention layer of ``model`` (in model order).
+
+    The condition number is checked first, then the largest eigenvalue (the authors' order: a
+    head failing both is reported as degenerate). Raises :class:`ConfigError` for thresholds
+    that are not finite or out of range (see :func:`check_thresholds`) and ``TypeError`` for a
+    model without quadratic attention.
+    """
+    check_thresholds(min_eigenvalue, max_condition)
     rows = []
     layers = [m for m in model.modules() if isinstance(m, SelfAttention2d)]
     for i, layer in enumerate(layers):
@@ -56,10 +105,10 @@ def head_verdicts(model: nn.Module, *, min_precision: float = DEFAULT_MIN_PRECIS
             lo, hi = max(float(eigs[h, 0]), 0.0), float(eigs[h, 1])
             cond = hi / lo if lo > 0 else float("inf")
             reason = ""
-            if hi < min_precision:
-                reason = f"too wide: largest eigenvalue {hi:.3g} < {min_precision:g}"
-            elif cond > max_condition:
+            if cond > max_condition:
                 reason = f"degenerate: condition number {cond:.3g} > {max_condition:g}"
+            elif hi < min_eigenvalue:
+                reason = f"too wide: largest eigenvalue {hi:.3g} < {min_eigenvalue:g}"
             rows.append(HeadVerdict(i, h, float(g.centers[h, 0]), float(g.centers[h, 1]), lo, hi,
                                     cond, not reason, reason or "kept"))
     return rows
@@ -68,8 +117,8 @@ def head_verdicts(model: nn.Module, *, min_precision: float = DEFAULT_MIN_PRECIS
 def select_heads(layer: SelfAttention2d, keep: list[int]) -> SelfAttention2d:
     """A copy of ``layer`` with only the heads ``keep`` (their parameters copied exactly)."""
     if not keep:
-        raise ValueError("cannot prune every head of a layer; keep at least one (raise "
-                         "min_precision / lower max_condition thresholds to keep more)")
+        raise ValueError("cannot prune every head of a layer; keep at least one (lower "
+                         "min_eigenvalue / raise max_condition to keep more heads)")
     if any(not 0 <= h < layer.heads for h in keep):
         raise ValueError(f"head indices {keep} out of range for {layer.heads} heads")
     new = copy.deepcopy(layer)
