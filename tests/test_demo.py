@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from attnconv.cli import main
 from attnconv.commands.demo import (
     DEMO_RUNS,
     PAPER_MILESTONES,
@@ -54,3 +58,22 @@ def test_coverage_table() -> None:
     lines = coverage_table(rows)
     assert lines[2] == "| 1 | 9 | 1/8 | 6/8 | 9 | 8 |"
     assert lines[3] == "| 2 | 9 | - | 0/8 | - | 2 |"
+
+
+def test_demo_end_to_end_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--train-subset", "50", "--test-images", "10",
+                 "--no-report", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "demo.json").read_text())
+    converted = summary["converted_cnn"]
+    assert converted["predictions_identical"] and converted["images"] == 10
+    assert converted["heads"] == 9 * 17 + 3  # ResNet18: 17 3x3 convs, 3 1x1 shortcuts
+    assert converted["test_accuracy"] == converted["cnn_accuracy"]
+    assert "| cnn -> attention (Theorem 1) |" in printed
+    coverage = summary["grid_coverage"]
+    assert [r["layer"] for r in coverage] == [0, 1, 2]
+    assert all(r["init"] is not None and r["end_epoch"] == 1 for r in coverage)
+    assert (out / "cnn" / "theorem1.json").is_file() and not (out / "report.html").exists()
+    assert main(["demo", "--out", str(out)]) == 1  # an earlier demo is never replaced silently
+    assert "--overwrite" in capsys.readouterr().err

@@ -167,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"| {ROW_LABEL} | resnet18, {check.heads} attention heads, no conv | "
           f"{check.params:,} | {check.test_accuracy:.4f} | - |")
     same = "every" if check.predictions_identical else f"NOT every ({check.mismatches} differ)"
-    print(f"\nThe converted CNN predicts {same} one of the {check.images} test images as the CNN "
-          f"(largest logit difference {check.max_logit_diff:.1e}, smallest top-2 logit margin "
-          f"of the CNN {check.min_margin:.1e}); evaluation {check.cnn_time_s:.1f} s as a CNN, "
+    print(f"\nTheorem 1: the converted CNN predicts {same} one of the {check.images} test images "
+          f"as the CNN (accuracy {check.test_accuracy:.4f} vs {check.cnn_accuracy:.4f}; largest "
+          f"logit difference {check.max_logit_diff:.1e}, smallest top-2 logit margin of the CNN "
+          f"{check.min_margin:.1e}); evaluation {check.cnn_time_s:.1f} s as a CNN, "
           f"{check.attention_time_s:.1f} s as attention ({check.dtype}).")
 
     movement = head_movement(out / "sa-quadratic")
