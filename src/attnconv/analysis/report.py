@@ -241,6 +241,7 @@ class RunSection:
     figures: list[Path] = field(default_factory=list)
     locality: list[dict[str, Any]] = field(default_factory=list)
     explorer: Path | None = None
+    tables: list[Any] = field(default_factory=list)  # analysis.sections.RunTable
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path, *,
         title: the report's title.
     """
     from attnconv.analysis.figures import figures_for_run, plot_training_curves
+    from attnconv.analysis.sections import run_tables
 
     if not runs:
         raise ValueError("pass at least one run directory")
@@ -320,6 +322,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path, *,
         written += figs
         section.figures = [p for p in figs if p.suffix == ".png"
                            and not p.stem.startswith("training_curves")]
+        section.tables = run_tables(s.path)  # grid coverage, Theorem 1 check
         if s.attention_layers:
             section.locality = run_locality(s.path, images, data_dir)
             target = paths.get(str(Path(run)), root / f"explorer-{name}.html")
@@ -390,6 +393,9 @@ def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
         if section.locality:
             lines += ["", "Locality per layer (mean over heads; entropy: mean / uniform):", ""]
             lines += _md_table(locality_by_layer(section.locality), LOCALITY)
+        for table in section.tables:
+            lines += ["", f"{table.title}. {table.note}", ""]
+            lines += _md_table(table.rows, table.header)
         if section.figures:
             lines += [""]
             lines += [f"- [{caption(p)}]({_relative(p, root)})" for p in section.figures]
@@ -466,6 +472,10 @@ def _html(title: str, sections: Sequence[RunSection], curves: Path | None, root:
                       "entropy (against that of uniform attention) and the mass on the most "
                       "attended relative offset (1.0: a convolution tap).</p>",
                       _html_table(locality_by_layer(section.locality), LOCALITY, "locality")]
+        for table in section.tables:
+            parts += [f"<h3>{html.escape(table.title)}</h3>",
+                      f"<p class=\"notes\">{html.escape(table.note)}</p>",
+                      _html_table(table.rows, table.header, "run-table")]
         main = [p for p in section.figures if not is_detail(p)]
         detail = [p for p in section.figures if is_detail(p)]
         parts += [_figure(p) for p in main]
