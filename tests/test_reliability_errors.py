@@ -9,9 +9,11 @@ only with --debug), and no half-written output.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from test_reliability_helpers import (
     ENV,
     SMALL,
     assert_no_partial_files,
+    assert_same_final_state,
     one_line,
     overrides,
     reference_run,
@@ -113,6 +116,13 @@ def _full_disk(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+def _edited_run(tmp: Path, _m: pytest.MonkeyPatch) -> None:
+    """A copy of the reference run whose config.yaml says batch_size 40 (it trained with 20)."""
+    shutil.copytree(reference_run(), tmp / "edited")
+    config = tmp / "edited" / "config.yaml"
+    config.write_text(config.read_text().replace("batch_size: 20", "batch_size: 40"))
+
+
 def _truncated_checkpoint(tmp: Path, _m: pytest.MonkeyPatch) -> None:
     data = (reference_run() / "checkpoints" / "best.safetensors").read_bytes()
     (tmp / "cut.safetensors").write_bytes(data[:len(data) - 100])
@@ -167,8 +177,39 @@ CASES: dict[str, Case] = {
                                 "evaluate it on a dataset with images like its own"],
                                ShapeError, prepare=_cifar("")),
     "eval-truncated-checkpoint": Case(["eval", "{tmp}/cut.safetensors"],
-                                      ["cut.safetensors is truncated or corrupted"],
+                                      ["cut.safetensors", "corrupted"],
                                       CheckpointError, prepare=_truncated_checkpoint),
+    "seed-too-large": Case(_small_train(f"seed={2**63}"),
+                           ["seed must be an integer in [0, 2**63)"], ConfigError),
+    "seed-negative": Case(_small_train("seed=-1"), ["seed must be an integer in [0, 2**63)"],
+                          ConfigError),
+    "name-with-separator": Case(_small_train("name=../x"), ["name must name the run directory",
+                                                            "no '/'"], ConfigError),
+    "device-unknown": Case(_small_train("device=tpu"), ["device must be one of"], ConfigError),
+    "device-missing": Case(_small_train("device=cuda" if not torch.cuda.is_available() else
+                                        "device=mps"),
+                           ["was requested but", "is not available", "device=cpu"],
+                           ConfigError),
+    "model-too-large": Case(_small_train("model_args.hidden_size=400000"),
+                            ["needs at least", "GiB to train", "GiB available",
+                             "lower batch_size or the model size"], ConfigError),
+    "resume-config-edited": Case(["train", "--resume", "{tmp}/edited"],
+                                 ["no longer matches its checkpoint",
+                                  "batch_size (checkpoint 20, config.yaml 40)",
+                                  "--allow-config-change"], ConfigError, prepare=_edited_run),
+    "eval-batch-size-negative": Case(["eval", "{run}", "--batch-size", "-5"],
+                                     ["--batch-size must be a positive integer, got -5"],
+                                     ConfigError),
+    "eval-batch-size-zero": Case(["eval", "{run}", "--batch-size", "0"],
+                                 ["--batch-size must be a positive integer, got 0"],
+                                 ConfigError),
+    "eval-device-unknown": Case(["eval", "{run}", "--device", "bogus"],
+                                ["unknown device 'bogus'", "use auto, cpu"], ConfigError),
+    "explore-no-images": Case(["explore", "{run}", "--images", "0", "--out", "{tmp}/e.html"],
+                              ["--images must be >= 1, got 0"], ValueError),
+    "explore-batch-size-zero": Case(["explore", "{run}", "--batch-size", "0", "--out",
+                                     "{tmp}/e.html"],
+                                    ["--batch-size must be >= 1, got 0"], ValueError),
 }
 
 
@@ -181,6 +222,7 @@ def test_cli_bad_input_is_one_line(name: str, tmp_path: Path, capsys,
     case.prepare(tmp_path, monkeypatch)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in case.argv]
     argv = [str(reference_run()) if a == "{run}" else a for a in argv]
+    before = snapshot(tmp_path)
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err
@@ -195,9 +237,106 @@ def test_cli_bad_input_is_one_line(name: str, tmp_path: Path, capsys,
         assert_no_partial_files(run_dir)
     else:
         assert not run_dir.exists()
+        assert snapshot(tmp_path) == before  # nothing created, changed or removed
 
     with pytest.raises(case.error):  # --debug: the exception (and its traceback) comes out
         main(["--debug", *(a.replace("name=x", "name=x-debug") for a in argv)])
+
+
+def snapshot(root: Path) -> dict[str, tuple[bool, bytes | None, int]]:
+    """Every path under ``root`` with (is a directory, content of a file, mtime in ns)."""
+    return {str(p.relative_to(root)): (p.is_dir(), None if p.is_dir() else p.read_bytes(),
+                                       p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def _finished_run_without_checkpoints(run: Path) -> None:
+    shutil.copytree(reference_run(), run)
+    shutil.rmtree(run / "checkpoints")
+
+
+def _user_directory(run: Path) -> None:
+    run.mkdir(parents=True)
+    (run / "thesis.tex").write_text("months of work\n")
+
+
+def _plain_file(run: Path) -> None:
+    run.parent.mkdir(parents=True)
+    run.write_text("not a directory\n")
+
+
+CLOBBER = {
+    "finished-run-checkpoints-deleted": (_finished_run_without_checkpoints,
+                                         "neither empty nor a resumable attnconv run"),
+    "user-directory": (_user_directory, "neither empty nor a resumable attnconv run"),
+    "complete-run": (lambda run: shutil.copytree(reference_run(), run),
+                     "already holds a run; continue it with --resume"),
+    "a-file": (_plain_file, "exists and is not a directory"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CLOBBER))
+def test_train_refuses_a_directory_it_may_not_write(kind: str, tmp_path: Path, capsys) -> None:
+    """Without --resume or --overwrite, train writes only into a new or empty directory: any
+    other is refused with one line naming it, before anything is written."""
+    make, message = CLOBBER[kind]
+    run = tmp_path / "runs" / "x"
+    make(run)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in _small_train()]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert message in line and str(run) in line, line
+    if kind != "a-file":
+        assert "--overwrite" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_only_the_run_files(tmp_path: Path, capsys) -> None:
+    """--overwrite trains into an existing directory: the old run files go, other files stay;
+    an empty directory needs no flag."""
+    run = tmp_path / "runs" / "x"
+    _finished_run_without_checkpoints(run)
+    (run / "notes.txt").write_text("keep me\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 99}\n')
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in _small_train("epochs=1")]
+    assert main([*argv, "--overwrite"]) == 0
+    assert (run / "notes.txt").read_text() == "keep me\n"
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert epochs == [1]
+    assert json.loads((run / "results.json").read_text())["epochs"] == 1
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir()
+    assert main([*argv, "name=empty"]) == 0
+    assert (empty / "results.json").is_file()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--overwrite"]) == 1
+    assert "pass only one" in one_line(capsys.readouterr().err)
+
+
+def test_resume_with_an_edited_config(tmp_path: Path, capsys) -> None:
+    """An edited batch size is refused (nothing written) unless --allow-config-change; keys
+    that do not change the run (threads, keep_last...) may change freely."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run(), run)
+    for name in ("results.json", "checkpoints/last.safetensors"):
+        (run / name).unlink()  # back to the newest step checkpoint: unfinished
+    config = run / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("batch_size: 20", "batch_size: 40")
+                      .replace("epochs: 2", "epochs: 3"))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "batch_size (checkpoint 20, config.yaml 40)" in line
+    assert "epochs (checkpoint 2, config.yaml 3)" in line
+    assert snapshot(tmp_path) == before
+    config.write_text(original.replace("threads: 1", "threads: 2").replace("keep_last: 2",
+                                                                            "keep_last: 3"))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert_same_final_state(reference_run(), run)  # the same run, continued
 
 
 def test_malicious_cifar_pickle_in_a_real_process(tmp_path: Path) -> None:
