@@ -66,7 +66,7 @@ def test_count_mismatch_names_labels_file(tmp_path: Path) -> None:
     (w.idx_bytes(np.zeros((0, 28, 28), np.uint8)), "empty"),
     (w.idx_bytes(np.zeros((2, 28, 28), np.uint8))[:-1], "truncated"),
     (w.idx_bytes(np.zeros((2, 28, 28), np.uint8)) + b"\0", "trailing bytes"),
-    (b"\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", "truncated"),
+    (b"\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", "more than the"),
 ])
 def test_header_validation(tmp_path: Path, data: bytes, problem: str) -> None:
     path = tmp_path / "train-images-idx3-ubyte"

@@ -31,6 +31,8 @@ from attnconv.errors import DatasetError
 SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _PIXELS = 3 * 32 * 32
 _MAX_FILE = 200 * 1024 * 1024  # largest official file is ~155 MB (CIFAR-100 python train)
+_COARSE_CLASSES = 20  # CIFAR-100 binary: first label byte of each record
+_MAX_NAME = 256  # longest class name accepted from a meta file (official ones: < 20)
 
 
 @dataclass(frozen=True)
@@ -148,17 +150,32 @@ def _read_python_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.
         raise corrupt_file_error(
             path, f"'data' is not a (N, {_PIXELS}) uint8 array", _fix(layout)
         )
-    try:
-        labels = np.asarray(labels_raw, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise corrupt_file_error(path, f"labels are not integers ({error})",
-                                 _fix(layout)) from error
-    if labels.shape != (data.shape[0],):
-        raise corrupt_file_error(
-            path, f"{data.shape[0]} images but labels of shape {labels.shape}", _fix(layout)
-        )
+    labels = _flat_labels(labels_raw, data.shape[0], path, layout)
     _check_labels(path, labels, layout)
     return _to_hwc(data), labels
+
+
+def _flat_labels(raw: Any, count: int, path: Path, layout: CifarLayout) -> np.ndarray:
+    """The labels entry as (count,) int64: a flat list of ints (or a 1-D integer array).
+
+    The length and element types are checked before any conversion, so a list nesting the
+    same list many times (tiny in the file, huge once expanded) is refused, not expanded.
+    """
+    if isinstance(raw, np.ndarray):
+        if raw.shape != (count,) or raw.dtype.kind not in "iu":
+            raise corrupt_file_error(path, f"{count} images but labels of shape {raw.shape} "
+                                     f"and type {raw.dtype}", _fix(layout))
+        return raw.astype(np.int64)
+    if not isinstance(raw, (list, tuple)) or len(raw) != count:
+        shape = f"a {type(raw).__name__}" + (f" of {len(raw)}" if hasattr(raw, "__len__") else "")
+        raise corrupt_file_error(path, f"{count} images but labels are {shape}", _fix(layout))
+    if not all(isinstance(v, (int, np.integer)) for v in raw):
+        raise corrupt_file_error(path, "labels are not a flat list of integers", _fix(layout))
+    try:
+        return np.asarray(raw, dtype=np.int64)
+    except OverflowError as error:
+        raise corrupt_file_error(path, f"labels are not small integers ({error})",
+                                 _fix(layout)) from error
 
 
 def _read_binary_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +189,10 @@ def _read_binary_batch(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
     labels = rows[:, layout.label_bytes - 1].astype(np.int64)
     _check_labels(path, labels, layout)
+    if layout.label_bytes == 2 and rows[:, 0].max() >= _COARSE_CLASSES:
+        raise corrupt_file_error(
+            path, f"coarse labels outside 0..{_COARSE_CLASSES - 1} (is the record layout "
+            "<coarse><fine><3072 pixels>?)", _fix(layout))
     return _to_hwc(rows[:, layout.label_bytes:]), labels
 
 
@@ -189,7 +210,13 @@ def _read_class_names(path: Path, layout: CifarLayout) -> list[str]:
         raw = _key(meta, layout.names_key, path, layout)
         if not isinstance(raw, list):
             raise corrupt_file_error(path, f"'{layout.names_key}' is not a list", _fix(layout))
-        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
+        # checked before decoding: the list may repeat one long string many times
+        if len(raw) != layout.num_classes or not all(
+                isinstance(n, (bytes, str)) and len(n) <= _MAX_NAME for n in raw):
+            raise corrupt_file_error(
+                path, f"'{layout.names_key}' is not {layout.num_classes} class names of at "
+                f"most {_MAX_NAME} characters", _fix(layout))
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw]
     if len(names) != layout.num_classes:
         raise corrupt_file_error(
             path, f"{len(names)} class names instead of {layout.num_classes}", _fix(layout)

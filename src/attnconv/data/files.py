@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from attnconv.errors import DatasetError
 
 #: Environment variable naming the directory the datasets live in when no ``data_dir`` is given.
@@ -65,3 +67,53 @@ def read_bytes(path: Path, limit: int, fix: str) -> bytes:
     except OSError as error:
         raise DatasetError(f"cannot read {path}: {error}. {fix}") from error
     return b"".join(chunks)
+
+
+def read_exact(path: Path, offset: int, size: int, fix: str, declared: str) -> np.ndarray:
+    """The ``size`` bytes of ``path`` after its first ``offset`` (gunzipped if ``.gz``), as
+    a writable uint8 array; the file must hold exactly ``offset + size`` bytes.
+
+    Memory is bounded by ``size``, which the caller has checked against a sane limit: a plain
+    file whose on-disk size is wrong is refused before anything is read, and a gzip stream is
+    decompressed straight into the array and at most one byte beyond it (to detect trailing
+    data), however much more it would expand to. ``declared`` names where ``size`` comes
+    from in the error (e.g. "its header (60000, 28, 28)").
+
+    Raises:
+        DatasetError: truncated or longer than declared, damaged gzip stream, unreadable.
+    """
+
+    def wrong(found: int) -> DatasetError:
+        problem = f"truncated: found {found}" if found < size else "trailing bytes after"
+        return corrupt_file_error(
+            path, f"{problem} of the {size} data bytes {declared} announces", fix)
+
+    gz = path.suffix == ".gz"
+    try:
+        if not gz and (on_disk := path.stat().st_size - offset) != size:
+            raise wrong(on_disk)
+        out = np.empty(size, dtype=np.uint8)
+        view = memoryview(out)
+        total = 0
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as handle:
+            if not gz:
+                handle.seek(offset)
+            elif len(handle.read(offset)) != offset:
+                raise wrong(0)
+            while total < size:
+                count = handle.readinto(view[total:total + _CHUNK])
+                if not count:
+                    raise wrong(total)
+                total += count
+            if handle.read(1):
+                raise wrong(size + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise corrupt_file_error(path, f"gzip stream is damaged ({error})", fix) from error
+    except MemoryError as error:
+        raise DatasetError(f"not enough memory to read the {size} data bytes {declared} "
+                           f"announces in {path}. {fix}") from error
+    except DatasetError:
+        raise
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error}. {fix}") from error
+    return out

@@ -10,11 +10,15 @@ Two layouts are accepted:
   returning the training images. Hold a split out yourself with
   :func:`attnconv.data.train_val_split`.
 
-Images are converted to RGB uint8 and must all have the same size.
+Images are converted to RGB uint8 and must all have the same size. Each file's size is read
+from its header before anything is decoded: an image larger than
+``$ATTNCONV_MAX_IMAGE_PIXELS`` pixels (default 4096 x 4096) or of another size than the first
+one is refused without decoding it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,12 @@ from attnconv.data.arrays import ImageArrays
 from attnconv.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: Environment variable raising (or lowering) the per-image pixel limit.
+MAX_IMAGE_PIXELS_ENV = "ATTNCONV_MAX_IMAGE_PIXELS"
+#: Largest ``width * height`` an image may declare by default (4096 x 4096, about 200 MB of
+#: decoding work at most); checked from the header before any pixel is decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 SPLITS = ("train", "test")
 _LAYOUT = "data_dir/<split>/<class>/*.png|jpg|jpeg or data_dir/<class>/*.png|jpg|jpeg"
 
@@ -38,16 +48,64 @@ def _image_files(directory: Path) -> list[Path]:
     )
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def max_image_pixels() -> int:
+    """The largest ``width * height`` an image may declare: ``$ATTNCONV_MAX_IMAGE_PIXELS``
+    if set, else :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ConfigError: the variable is set but not a positive integer.
+    """
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"${MAX_IMAGE_PIXELS_ENV}={raw!r} is not a positive integer "
+                          "(a number of pixels, width * height)")
+    return value
+
+
+def _read_rgb(path: Path, limit: int, expected: tuple[int, int] | None) -> np.ndarray:
+    """Decode ``path`` to (H, W, 3) uint8 after checking the size its header declares.
+
+    The size is read from the header (``Image.open`` decodes nothing) and must be at most
+    ``limit`` pixels and, when ``expected`` (width, height) is given, equal to it; only then
+    are the pixels decoded, so a tiny file declaring a huge image never allocates it.
+    """
     from PIL import Image  # Pillow comes with matplotlib; imported only when needed
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            width, height = image.size
+            if width * height > limit:
+                raise DatasetError(
+                    f"{path} declares a {width}x{height} image ({width * height} pixels), "
+                    f"more than the limit of {limit} pixels; nothing was decoded. Resize the "
+                    f"image, or raise the limit with {MAX_IMAGE_PIXELS_ENV}=<pixels> if the "
+                    "file is genuine."
+                )
+            if expected is not None and (width, height) != expected:
+                raise DatasetError(
+                    f"{path} is {width}x{height} but the first image is "
+                    f"{expected[0]}x{expected[1]}: all images must share one size. Resize "
+                    f"them first (e.g. PIL's Image.resize((W, H))) to a common size such as "
+                    f"{expected[0]}x{expected[1]}."
+                )
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except DatasetError:
+        raise
     except Exception as error:  # any decoder failure on an untrusted file is a bad file
         raise DatasetError(
             f"cannot read image {path}: {error}. Replace or delete the file."
         ) from error
+    if pixels.shape != (height, width, 3):  # a decoder that disagrees with its own header
+        raise DatasetError(f"cannot read image {path}: decoded {pixels.shape[1]}x"
+                           f"{pixels.shape[0]} pixels from a {width}x{height} header. "
+                           "Replace or delete the file.")
+    return pixels
 
 
 def _split_root(root: Path, split: str) -> tuple[Path, list[Path]]:
@@ -92,17 +150,11 @@ def load_imagefolder(split: str, data_dir: str | Path | None) -> ImageArrays:
             f"no .png/.jpg/.jpeg images in class directories under {directory}; "
             f"expected {_LAYOUT}."
         )
-    images = []
+    limit = max_image_pixels()
+    images: list[np.ndarray] = []
     for path, _ in files:
-        image = _read_rgb(path)
-        if images and image.shape != images[0].shape:
-            height, width = images[0].shape[:2]
-            raise DatasetError(
-                f"{path} is {image.shape[1]}x{image.shape[0]} but {files[0][0]} is "
-                f"{width}x{height}: all images must share one size. Resize them first "
-                f"(e.g. PIL's Image.resize((W, H))) to a common size such as {width}x{height}."
-            )
-        images.append(image)
+        expected = (images[0].shape[1], images[0].shape[0]) if images else None
+        images.append(_read_rgb(path, limit, expected))
     return ImageArrays(
         images=np.stack(images), labels=np.array([label for _, label in files], dtype=np.int64),
         classes=classes, name="imagefolder",

@@ -11,6 +11,7 @@ where Debian's ``dataset-fashion-mnist`` package installs it (:data:`DEBIAN_FASH
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,19 @@ from attnconv.data.files import (
     default_data_dir,
     missing_files_error,
     read_bytes,
+    read_exact,
 )
 
 #: Where ``apt-get install dataset-fashion-mnist`` puts the four gzipped IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 _UBYTE = 0x08
+_IMAGE_HW = (28, 28)  # MNIST and Fashion-MNIST images
+
+#: Largest payload one IDX file may declare (1 GiB: 1.37 million 28x28 images; the official
+#: MNIST training images are 47 MB). A header declaring more is refused before any data is
+#: read or decompressed, which bounds the memory a small hostile ``.gz`` file can claim.
+MAX_IDX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,13 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx(path: Path, ndim: int, fix: str = "") -> np.ndarray:
-    """Read an unsigned-byte IDX file of ``ndim`` dimensions, validating header and length.
+def read_idx_header(path: Path, ndim: int, fix: str = "") -> tuple[tuple[int, ...], int]:
+    """The dimensions an unsigned-byte IDX file of ``ndim`` dimensions declares, and the
+    header's length; only the header is read (decompressed).
 
     Raises:
-        DatasetError: wrong magic number, type or dimension count, a zero dimension, or a
-            payload shorter or longer than the header's dimensions say.
+        DatasetError: wrong magic number, type or dimension count, a zero dimension, or
+            dimensions whose product exceeds :data:`MAX_IDX_BYTES`.
     """
     header = read_bytes(path, 4 + 4 * ndim, fix)
     if len(header) < 4 or header[:2] != b"\0\0":
@@ -93,15 +102,30 @@ def read_idx(path: Path, ndim: int, fix: str = "") -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", header[4:])
     if 0 in dims:
         raise corrupt_file_error(path, f"empty dimensions {dims}", fix)
-    size = int(np.prod(dims, dtype=object))
-    raw = read_bytes(path, len(header) + size + 1, fix)
-    if len(raw) != len(header) + size:
-        found = len(raw) - len(header)
-        problem = f"truncated: found {found}" if found < size else "trailing bytes after"
+    size = math.prod(dims)
+    if size > MAX_IDX_BYTES:
         raise corrupt_file_error(
-            path, f"{problem} of the {size} data bytes its header {dims} announces", fix
+            path, f"its header declares dimensions {dims}, {size} bytes, more than the "
+            f"{MAX_IDX_BYTES} bytes (1 GiB) attnconv reads from one IDX file (the official "
+            "MNIST training images are 47 MB)", fix,
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=len(header)).reshape(dims)
+    return dims, len(header)
+
+
+def read_idx(path: Path, ndim: int, fix: str = "") -> np.ndarray:
+    """Read an unsigned-byte IDX file of ``ndim`` dimensions, validating header and length.
+
+    The header is checked first (:func:`read_idx_header`); then at most the declared number
+    of bytes (plus one, to detect trailing data) is read or decompressed, straight into the
+    returned array, so a small gzip file that expands without end costs no more memory than
+    its header declares.
+
+    Raises:
+        DatasetError: a bad header (see :func:`read_idx_header`), or a payload shorter or
+            longer than the header's dimensions say.
+    """
+    dims, offset = read_idx_header(path, ndim, fix)
+    return read_exact(path, offset, math.prod(dims), fix, f"its header {dims}").reshape(dims)
 
 
 def _search_dirs(spec: IdxDataset, data_dir: Path | None) -> list[Path]:
@@ -135,15 +159,22 @@ def load_idx_dataset(name: str, split: str, data_dir: str | Path | None) -> Imag
                 name, [directory], [f"{s}[.gz]" for s in stems], spec.source,
                 f"The directory has only one of the two {split} files. {fix}",
             )
-        images = read_idx(images_path, 3, fix)
-        labels = read_idx(labels_path, 1, fix).astype(np.int64)
-        if labels.shape[0] != images.shape[0]:
+        # both headers first: a disagreement is refused before any payload is read
+        (count, *size), _ = read_idx_header(images_path, 3, fix)
+        if tuple(size) != _IMAGE_HW:
             raise corrupt_file_error(
-                labels_path, f"{labels.shape[0]} labels for {images.shape[0]} images in "
+                images_path, f"images of {size[0]}x{size[1]} pixels; {name} images are "
+                f"{_IMAGE_HW[0]}x{_IMAGE_HW[1]}", fix)
+        (labels_count,), _ = read_idx_header(labels_path, 1, fix)
+        if labels_count != count:
+            raise corrupt_file_error(
+                labels_path, f"{labels_count} labels for {count} images in "
                 f"{images_path.name}", fix,
             )
+        images = read_idx(images_path, 3, fix)
+        labels = read_idx(labels_path, 1, fix)
         if labels.max() >= len(spec.classes):
             raise corrupt_file_error(labels_path, "labels outside 0..9", fix)
-        return ImageArrays(images=images[..., None].copy(), labels=labels,
+        return ImageArrays(images=images[..., None], labels=labels.astype(np.int64),
                            classes=list(spec.classes), name=name)
     raise missing_files_error(name, searched, [f"{s}[.gz]" for s in stems], spec.source, fix)
