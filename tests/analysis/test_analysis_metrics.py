@@ -227,3 +227,28 @@ def test_coverage_over_training_reads_epoch_zero(tmp_path: Path) -> None:
     (tmp_path / "heads.jsonl").write_text(json.dumps(end) + "\n")  # no epoch-0 record
     assert coverage_over_training(tmp_path)[0]["init"] is None
     assert coverage_over_training(tmp_path / "missing") == []
+
+
+def test_locality_command_grid_coverage(quadratic_run: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from attnconv.cli import main
+
+    assert main(["locality", str(quadratic_run), "--out", str(tmp_path)]) == 0
+    assert "grid coverage of the Gaussian heads" in capsys.readouterr().out
+    report = json.loads((tmp_path / "locality.json").read_text())
+    history = coverage_over_training(quadratic_run)
+    assert [c["layer"] for c in report["grid_coverage"]] == [0, 1]
+    for cov, hist in zip(report["grid_coverage"], history, strict=True):
+        centres = [(r["center_row"], r["center_col"]) for r in report["rows"]
+                   if r["layer"] == cov["layer"]]
+        assert cov["checkpoint"] == grid_coverage(centres).as_dict()
+        assert cov["init"] == hist["init"] and cov["init"] is not None
+    lines = (tmp_path / "grid_coverage.csv").read_text().splitlines()
+    assert lines[0].startswith("layer,heads,neighbours_covered_init") and len(lines) == 3
+    # A checkpoint outside a run directory has no recorded initial centres.
+    ckpt = tmp_path / "alone.safetensors"
+    ckpt.write_bytes((quadratic_run / "checkpoints" / "best.safetensors").read_bytes())
+    assert main(["locality", str(ckpt), "--out", str(tmp_path / "alone")]) == 0
+    alone = json.loads((tmp_path / "alone" / "locality.json").read_text())
+    assert [c["init"] for c in alone["grid_coverage"]] == [None, None]
+    assert alone["grid_coverage"][0]["checkpoint"] == report["grid_coverage"][0]["checkpoint"]

@@ -3,8 +3,12 @@
 Prints one row per (layer, head): mean attention distance (tokens and input pixels), entropy
 (nats), convolution-likeness (mass on the most-attended relative offset, 1.0 for a converted
 convolution) with that offset, and the Gaussian centre and width of quadratic heads; then the
-per-layer averages. Writes locality.csv and locality.json to --out. Positional-only models need
-no images; content attention is averaged over the first --images test images.
+per-layer averages; then, for layers of Gaussian heads, the grid coverage (how many of the 8
+neighbours of the 3x3 window have a head centre within 0.5 token, and how many distinct
+centres; see :func:`attnconv.analysis.metrics.grid_coverage`) of the checkpoint and, for a run
+directory whose ``heads.jsonl`` holds them, of the initial centres. Writes locality.csv,
+grid_coverage.csv and locality.json to --out. Positional-only models need no images; content
+attention is averaged over the first --images test images.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ HELP = "attention distance, entropy and convolution-likeness per layer and head"
 TABLE = {"layer": "layer", "head": "head", "mean_distance": "dist (tok)",
          "mean_distance_px": "dist (px)", "entropy": "entropy", "conv_likeness": "conv-like",
          "offset": "offset", "center": "centre", "width": "alpha / eig(Sigma^-1)"}
+
+COVERAGE_LABELS = {"layer": "layer", "heads": "heads", "neighbours_covered_init": "covered init",
+                   "neighbours_covered": "covered", "distinct_centres_init": "distinct init",
+                   "distinct_centres": "distinct", "query_covered_init": "query init",
+                   "query_covered": "query", "covered": "covered offsets (row, col)"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +82,46 @@ def layer_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def coverage_rows(rows: list[dict[str, Any]],
+                  run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Grid coverage of every layer of Gaussian heads in ``rows`` (:func:`compute_locality`).
+
+    One dict per such layer: ``layer``, ``heads``, ``checkpoint`` (coverage of the centres in
+    ``rows``) and ``init`` (of the initial centres recorded in ``run_dir/heads.jsonl``, None
+    without them); both are :meth:`GridCoverage.as_dict` forms.
+    """
+    from attnconv.analysis.metrics import coverage_over_training, grid_coverage
+
+    layers = sorted({r["layer"] for r in rows if r["center_row"] is not None})
+    history = coverage_over_training(run_dir) if run_dir is not None else []
+    if len(history) != len(layers):  # heads.jsonl lists the quadratic layers in model order
+        history = []
+    out = []
+    for i, layer in enumerate(layers):
+        centres = [(r["center_row"], r["center_col"]) for r in rows if r["layer"] == layer]
+        out.append({"layer": layer, "heads": len(centres),
+                    "init": history[i]["init"] if history else None,
+                    "checkpoint": grid_coverage(centres).as_dict()})
+    return out
+
+
+def coverage_cells(cov: dict[str, Any]) -> dict[str, str]:
+    """The printed / CSV form of one :func:`coverage_rows` row."""
+    init, end = cov["init"], cov["checkpoint"]
+
+    def get(c: dict[str, Any] | None, key: str) -> str:
+        return "" if c is None else str(c[key])
+
+    return {"layer": str(cov["layer"]), "heads": str(cov["heads"]),
+            "neighbours_covered_init": get(init, "neighbours_covered"),
+            "neighbours_covered": get(end, "neighbours_covered"),
+            "distinct_centres_init": get(init, "distinct_centres"),
+            "distinct_centres": get(end, "distinct_centres"),
+            "query_covered_init": get(init, "query_covered"),
+            "query_covered": get(end, "query_covered"),
+            "covered": " ".join(f"({r:+d},{c:+d})" for r, c in end["covered"])}
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows to CSV, one column per key; None is an empty cell."""
     with path.open("w", newline="") as f:
@@ -110,12 +159,27 @@ def run(args: argparse.Namespace) -> int:
     print("\nper layer (mean over heads):")
     print(format_table(layer_means(rows)))
     run_dir = run_directory(args.checkpoint)
+    coverage = coverage_rows(rows, run_dir)
+    if coverage:
+        from attnconv.analysis.metrics import COVER_RADIUS
+
+        print(f"\ngrid coverage of the Gaussian heads (3x3 neighbours with a head centre closer "
+              f"than {COVER_RADIUS} token, of 8; distinct centres: closer than {COVER_RADIUS} "
+              f"count as one; init: before training, from heads.jsonl):")
+        print(format_table([{COVERAGE_LABELS[k]: v for k, v in coverage_cells(c).items()}
+                            for c in coverage]))
     out = args.out or run_dir or Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "locality.csv", rows)
+    written = [out / "locality.csv"]
+    if coverage:
+        write_csv(out / "grid_coverage.csv", [coverage_cells(c) for c in coverage])
+        written.append(out / "grid_coverage.csv")
     report = {"checkpoint": str(args.checkpoint), "model": meta["model"],
               "dataset": meta["dataset"], "images": 0 if images is None else len(images),
-              "token_stride": stride, "margin": args.margin, "rows": rows}
+              "token_stride": stride, "margin": args.margin, "rows": rows,
+              "grid_coverage": coverage}
     (out / "locality.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out / 'locality.csv'} and {out / 'locality.json'}")
+    written.append(out / "locality.json")
+    print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0
