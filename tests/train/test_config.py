@@ -117,3 +117,48 @@ def test_more_invalid_values(override: str, message: str) -> None:
 def test_exponent_without_dot_is_a_number() -> None:
     """YAML 1.1 reads ``1e6`` as a string; float keys accept it anyway."""
     assert load_config(None, ["lr=1e6", "dist_timeout_s=1e2"]).lr == 1e6
+
+
+@pytest.mark.parametrize("name", ["", " ", ".", "..", "a/b", "../escape", "/abs/run", "a\0b",
+                                  "runs/"])
+def test_run_name_is_one_plain_path_component(name: str) -> None:
+    """The run directory is out_dir/name: a name may not leave out_dir or name a subtree."""
+    with pytest.raises(ConfigError, match="name must name the run directory"):
+        config_from_dict({"name": name})
+    assert config_from_dict({"name": "sa-quadratic.v2 (seed 1)"}).name == "sa-quadratic.v2 (seed 1)"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64, 10**30])
+def test_seed_outside_the_generator_range_is_refused(seed: int) -> None:
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        config_from_dict({"seed": seed})
+    assert config_from_dict({"seed": 2**63 - 1}).seed == 2**63 - 1
+
+
+def test_yaml_files_that_are_not_configs(tmp_path: Path) -> None:
+    """Cases the fuzzer found or could find, each a ConfigError naming the problem."""
+    cases = {
+        b"lr: 1" + b"0" * 400 + b"\n": "lr must be a finite number",
+        b"1: 2\n": "config keys are names",
+        b"model_args: {1: 2}\n": "model_args must be a mapping of model option names",
+        b"\xff\xfe: 1\n": "not UTF-8",
+        b"[" * 5000: "nested too deeply|not valid YAML",
+        b"epochs: !!python/object:os.system {}\n": "not valid YAML",
+        b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+        b"d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        b"e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n": "more than 100,000 values",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_bytes(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * 1_000_001)
+    with pytest.raises(ConfigError, match="more than a config file can be"):
+        load_config(big)
+    listy = tmp_path / "l.yaml"
+    listy.write_text("model_args: [1]\n")
+    with pytest.raises(ConfigError, match="not a mapping"):
+        load_config(listy, ["model_args.hidden_size=8"])

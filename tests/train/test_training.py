@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnconv.data import load_dataset
 from attnconv.errors import CheckpointError, ConfigError
-from attnconv.train import load_checkpoint, train
+from attnconv.train import load_checkpoint, train, trainer
 from attnconv.train.config import config_from_dict
+from attnconv.train.engine import evaluate
+from attnconv.train.model_io import load_model
 
 TINY = {"model": "sa-quadratic", "dataset": "embedded", "train_subset": 400,
         "val_fraction": 0.05, "batch_size": 40, "eval_batch_size": 500, "lr": 0.05,
@@ -92,6 +95,83 @@ def test_resume_errors(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("name: x\n")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(resume=tmp_path, log=lambda _m: None)
+
+
+def _evaluate_file(path: Path) -> float:
+    """Test accuracy of a checkpoint file, computed here from the file alone."""
+    model, meta = load_model(path)
+    test = load_dataset(meta["dataset"], "test", None)
+    images = torch.from_numpy(test.images).permute(0, 3, 1, 2).contiguous()
+    return evaluate(model, images, torch.from_numpy(test.labels).long(), mean=meta["mean"],
+                    std=meta["std"], batch_size=500, device=torch.device("cpu"))["accuracy"]
+
+
+def test_no_validation_split_tests_the_final_model(tmp_path: Path) -> None:
+    """val_fraction=0: every training image is trained on, no best-by-validation exists, the
+    final-epoch model is tested and results.json says so; no validation number is made up."""
+    lines: list[str] = []
+    data = trainer.load_data(tiny(tmp_path, "all", val_fraction=0.0, train_subset=None))
+    assert len(data.train[1]) == len(load_dataset("embedded", "train", None).labels)
+    assert len(data.val[1]) == 0
+    cfg = tiny(tmp_path, "all", epochs=2, val_fraction=0.0, train_subset=120)
+    result = train(cfg, log=lines.append)
+    run = tmp_path / "all"
+    assert result["selected"] == "last" and result["tested_epoch"] == 2
+    assert result["best_epoch"] is None and result["best_val_accuracy"] is None
+    assert (result["train_images"], result["val_images"]) == (120, 0)
+    assert json.loads((run / "results.json").read_text()) == result
+    assert not (run / "checkpoints" / "best.safetensors").exists()
+    assert result["test_accuracy"] == _evaluate_file(run / "checkpoints" / "last.safetensors")
+    metrics = rows(run / "metrics.jsonl")
+    assert [(m["val_loss"], m["val_accuracy"]) for m in metrics] == [(None, None)] * 2
+    assert any("no validation split" in line for line in lines)
+    assert not any("val loss" in line or "acc 0.0000" in line for line in lines)
+
+
+def test_with_a_validation_split_the_best_epoch_is_tested(tmp_path: Path) -> None:
+    result = train(tiny(tmp_path, "val", epochs=2, train_subset=80), log=lambda _m: None)
+    run = tmp_path / "val"
+    assert result["selected"] == "best" and result["best_epoch"] in (1, 2)
+    assert result["tested_epoch"] == result["best_epoch"]
+    assert result["test_accuracy"] == _evaluate_file(run / "checkpoints" / "best.safetensors")
+
+
+def test_evaluating_zero_images_is_an_error() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    empty = torch.zeros(0, 1, 2, 2, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ConfigError, match="cannot evaluate on zero images"):
+        evaluate(model, *empty, mean=[0.0], std=[1.0], batch_size=10, device=torch.device("cpu"))
+    one = torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
+    for bad in (0, -5):
+        with pytest.raises(ConfigError, match="batch size must be a positive integer"):
+            evaluate(model, *one, mean=[0.0], std=[1.0], batch_size=bad,
+                     device=torch.device("cpu"))
+
+
+def test_largest_seed_trains(tmp_path: Path) -> None:
+    """Every seed in [0, 2**63) gives valid generator seeds (data order, augmentation, init)."""
+    result = train(tiny(tmp_path, "seed", epochs=1, train_subset=80, seed=2**63 - 1),
+                   log=lambda _m: None)
+    assert 0 <= result["test_accuracy"] <= 1
+
+
+def test_memory_estimate_refuses_before_anything_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that cannot fit is refused with the estimate and the limit, nothing written."""
+    from attnconv.train import memory
+
+    cfg = tiny(tmp_path, "big", epochs=1, train_subset=80)
+    estimate = memory.estimate_training_memory(
+        lambda: trainer.build_model(cfg, 10, (1, 28, 28)), (40, 1, 28, 28))
+    assert estimate is not None and estimate.params > 0 and estimate.activations > 0
+    limit = estimate.total - 1  # one byte short
+    monkeypatch.setattr(memory, "available_memory", lambda _device: limit)
+    with pytest.raises(ConfigError, match=rf"needs at least .* GiB to train .* has only "
+                                          rf"{limit / memory.GIB:.2f} GiB available"):
+        train(cfg, log=lambda _m: None)
+    assert not (tmp_path / "big").exists()
+    monkeypatch.setattr(memory, "available_memory", lambda _device: estimate.total)
+    assert train(cfg, log=lambda _m: None)["epochs"] == 1
 
 
 def test_batch_larger_than_data(tmp_path: Path) -> None:
