@@ -4,20 +4,17 @@ The page is loaded from file://, clicked and typed into like a person would; the
 displays is compared with the maps the Python side computes (record_attention, and the softmax
 of the positional term alone). Screenshots go to test-artifacts/ (gitignored).
 
-The browser comes from scripts/install-test-browser.sh (run by `make test`). Without it the
-tests skip locally and fail under CI=true.
+The browser (the ``browser`` fixture of conftest.py) comes from scripts/install-test-browser.sh
+(run by `make test`). Without it the tests skip locally and fail under CI=true.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from attnconv.analysis import (
@@ -38,47 +35,6 @@ from attnconv.train.model_io import load_model
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMAGES = 4
-BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1200,900"]
-
-
-def _find(env: str, default: str, name: str) -> str | None:
-    """A browser binary: $env (None if that file is missing), else Debian's, else on PATH."""
-    if os.environ.get(env):
-        return os.environ[env] if Path(os.environ[env]).is_file() else None
-    return default if Path(default).is_file() else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """A headless Chromium; skips locally, fails in CI, when it cannot be found."""
-    chromium = _find("ATTNCONV_CHROMIUM", "/usr/bin/chromium", "chromium")
-    driver_path = _find("ATTNCONV_CHROMEDRIVER", "/usr/bin/chromedriver", "chromedriver")
-    problem = None
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        problem = "the selenium package is not installed (pip install -r requirements.txt)"
-    if problem is None and (chromium is None or driver_path is None):
-        problem = (f"no headless browser: chromium={chromium}, chromedriver={driver_path}; run "
-                   f"scripts/install-test-browser.sh (make test does) or set "
-                   f"ATTNCONV_CHROMIUM / ATTNCONV_CHROMEDRIVER")
-    if problem is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs the browser test: {problem}")
-        pytest.skip(problem)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in BROWSER_ARGS:
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_script_timeout(20)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def open_page(driver: Any, path: Path) -> None:

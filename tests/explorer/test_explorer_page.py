@@ -154,3 +154,27 @@ def test_model_without_attention_is_refused() -> None:
     with pytest.raises(ValueError, match="no SelfAttention2d"):
         collect_explorer_data(model, images, torch.zeros(2, 1, 28, 28, dtype=torch.uint8),
                               [0, 1], ["a", "b"])
+
+
+HOSTILE_CLASSES = ["</script><script>window.__pwned=1</script>", '"><img src=x onerror=alert(1)>',
+                   "<!-- x", "__ATTNCONV_EXPLORER_TITLE__", "javascript:alert(1)", "é ü \u2028"]
+
+
+def test_names_stay_data(quadratic_run: Path) -> None:
+    """Class and run names with markup reach the page as JSON text and come back unchanged."""
+    model, meta = load_model(quadratic_run)
+    images, raw = load_test_images(meta, 2)
+    info = {"run": HOSTILE_CLASSES[0], "model": HOSTILE_CLASSES[1]}
+    data = collect_explorer_data(model, images, raw, [0, 5], HOSTILE_CLASSES, info=info)
+    page = explorer_html(data, title=HOSTILE_CLASSES[1] + " __ATTNCONV_EXPLORER_DATA__")
+    match = DATA_BLOCK.search(page)
+    assert match is not None
+    block = match.group(1)
+    assert "<" not in block  # nothing in the data can end its <script> element
+    parsed = json.loads(block)
+    assert parsed["classes"] == HOSTILE_CLASSES
+    assert parsed["info"]["run"] == info["run"] and parsed["info"]["model"] == info["model"]
+    assert len(re.findall(r"<script\b", page)) == 2  # the data and the page's own code
+    head = page[:page.index("<script")]
+    assert "<img" not in head and "&quot;&gt;&lt;img src=x" in head  # the title, escaped
+    assert "__ATTNCONV_EXPLORER_DATA__" in head  # the title's text, not the data put there

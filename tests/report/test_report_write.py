@@ -62,8 +62,8 @@ def test_report_of_two_runs(report_runs: dict[str, Path], tmp_path: Path) -> Non
     assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in embedded)
     assert not re.search(r'src="(?!data:)', page)  # nothing loaded from elsewhere
     links = MD_LINK.findall(md)
-    assert "report-figures/training_curves.png" in links
-    assert "report-figures/quadratic/gaussian_heads_all.png" in links
+    assert "./report-figures/training_curves.png" in links
+    assert "./report-figures/quadratic/gaussian_heads_all.png" in links
     for link in links:
         assert (out.parent / link).is_file(), link
 
@@ -71,8 +71,8 @@ def test_report_of_two_runs(report_runs: dict[str, Path], tmp_path: Path) -> Non
     assert "Locality per layer" in page and "mean distance (tokens)" in md
     assert report.explorers == {"quadratic": out.parent / "explorer-quadratic.html"}
     assert (out.parent / "explorer-quadratic.html").stat().st_size > 10_000
-    assert 'href="explorer-quadratic.html"' in page and "](explorer-quadratic.html)" in md
-    assert 'href="report.md"' in page
+    assert 'href="./explorer-quadratic.html"' in page and "](./explorer-quadratic.html)" in md
+    assert 'href="./report.md"' in page
 
 
 def test_report_command(report_runs: dict[str, Path], tmp_path: Path,

@@ -22,10 +22,12 @@ import html
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 
@@ -241,6 +243,7 @@ class RunSection:
     figures: list[Path] = field(default_factory=list)
     locality: list[dict[str, Any]] = field(default_factory=list)
     explorer: Path | None = None
+    slug: str = "run"  # the run's name reduced to [A-Za-z0-9._-]: file names, HTML ids
     tables: list[Any] = field(default_factory=list)  # analysis.sections.RunTable
 
 
@@ -266,8 +269,46 @@ def _unique_names(runs: Sequence[RunSummary]) -> list[str]:
     return names
 
 
+def relative_link(path: str | Path, start: str | Path) -> str:
+    """A link to ``path`` relative to the directory ``start``, safe in HTML and Markdown.
+
+    Always ``./`` followed by percent-encoded path components (only ``A-Za-z0-9_.-~%`` and
+    ``/``): a run directory named ``javascript:alert(1)`` becomes ``./javascript%3Aalert%281%29``,
+    never a URL with a scheme, and spaces, quotes or parentheses cannot end the link.
+    """
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+    return "./" + "/".join(quote(part, safe="") for part in rel.split("/"))
+
+
 def _relative(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    return relative_link(path, start)
+
+
+# Inline Markdown, raw HTML and GitHub's autolinks ("x:" schemes, "a@b" e-mail): with "[" and
+# "]" escaped, parentheses cannot form a link and stay readable in "0.9 (12)".
+MD_SPECIAL = frozenset("\\`*_[]<>#!|~&:$@")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines too) as U+FFFD: one line, nothing hidden."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in str(text))
+
+
+def md_text(text: str) -> str:
+    """``text`` as literal Markdown: no emphasis, link, raw HTML, autolink or table cell break.
+
+    Every character of :data:`MD_SPECIAL` is backslash-escaped (CommonMark and GitHub render
+    the character itself) and control characters become U+FFFD, so a name stays on its line.
+    """
+    text = "".join("\\" + c if c in MD_SPECIAL else c for c in _printable(text))
+    return re.sub(r"(?i)\b(www)\.", r"\1\\.", text)  # GitHub links "www.x" on its own
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span, fenced by more backticks than it contains."""
+    text = _printable(text)
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence} {text} {fence}"
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path, *,
@@ -318,6 +359,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path, *,
     explorers: dict[str, Path] = {}
     for run, name, section in zip(runs, names, sections, strict=True):
         s = section.summary
+        section.slug = name
         figs = figures_for_run(s.path, figures_dir / name, images=images, data_dir=data_dir)
         written += figs
         section.figures = [p for p in figs if p.suffix == ".png"
@@ -369,13 +411,13 @@ def _md_table(rows: Sequence[dict[str, str]], header: Mapping[str, str]) -> list
     keys = list(header)
     lines = ["| " + " | ".join(header[k] for k in keys) + " |",
              "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k in keys) + "|"]
-    lines += ["| " + " | ".join(r[k].replace("|", "\\|") for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_text(r[k]) for k in keys) + " |" for r in rows]
     return lines
 
 
 def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
               root: Path) -> str:
-    lines = [f"# {title}", "",
+    lines = [f"# {md_text(title)}", "",
              f"{len(sections)} run{'s' if len(sections) != 1 else ''}, "
              f"written {datetime.date.today().isoformat()}; figures embedded in the HTML "
              f"version (report.html), linked here.", "", "## Comparison", ""]
@@ -385,11 +427,13 @@ def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
         lines += ["", "## Training curves", "", f"![training curves]({_relative(curves, root)})"]
     for section in sections:
         s = section.summary
-        lines += ["", f"## {s.name}: {s.model}", "",
-                  f"Run directory: `{s.path}`; test accuracy {s.test_accuracy:.4f}."]
+        lines += ["", f"## {md_text(s.name)}: {md_text(s.model)}", "",
+                  f"Run directory: {md_code(str(s.path))}; test accuracy "
+                  f"{s.test_accuracy:.4f}."]
         if section.explorer is not None:
             lines += ["", f"Interactive attention explorer: "
-                          f"[{section.explorer.name}]({_relative(section.explorer, root)})"]
+                          f"[{md_text(section.explorer.name)}]"
+                          f"({_relative(section.explorer, root)})"]
         if section.locality:
             lines += ["", "Locality per layer (mean over heads; entropy: mean / uniform):", ""]
             lines += _md_table(locality_by_layer(section.locality), LOCALITY)
@@ -398,7 +442,8 @@ def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
             lines += _md_table(table.rows, table.header)
         if section.figures:
             lines += [""]
-            lines += [f"- [{caption(p)}]({_relative(p, root)})" for p in section.figures]
+            lines += [f"- [{md_text(caption(p))}]({_relative(p, root)})"
+                      for p in section.figures]
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +485,8 @@ def _html(title: str, sections: Sequence[RunSection], curves: Path | None, root:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(sections)} run{'s' if len(sections) != 1 else ''}, written "
              f"{datetime.date.today().isoformat()}. Markdown summary: "
-             f"<a href=\"{html.escape(_relative(markdown, root))}\">{markdown.name}</a>.</p>"]
+             f"<a href=\"{html.escape(_relative(markdown, root))}\">"
+             f"{html.escape(markdown.name)}</a>.</p>"]
     links = [s for s in sections if s.explorer is not None]
     if links:
         items = "".join(
@@ -458,7 +504,7 @@ def _html(title: str, sections: Sequence[RunSection], curves: Path | None, root:
         parts += ["<h2>Training curves</h2>", _figure(curves)]
     for section in sections:
         s = section.summary
-        parts.append(f"<h2 id=\"run-{html.escape(s.name)}\">{html.escape(s.name)}: "
+        parts.append(f"<h2 id=\"run-{html.escape(section.slug)}\">{html.escape(s.name)}: "
                      f"{html.escape(s.model)}</h2>")
         parts.append(f"<p>Run directory <code>{html.escape(str(s.path))}</code>; test accuracy "
                      f"{s.test_accuracy:.4f}.</p>")

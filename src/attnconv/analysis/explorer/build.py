@@ -20,6 +20,7 @@ import contextlib
 import html
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -356,14 +357,22 @@ def collect_explorer_data(model: nn.Module, images: Tensor, raw: Tensor, labels:
 
 
 def explorer_html(data: ExplorerData | dict[str, Any], title: str = "attention explorer") -> str:
-    """The self-contained page: the template with ``data`` embedded as JSON."""
+    """The self-contained page: the template with ``data`` embedded as JSON.
+
+    Names in the data (classes, run, layers) reach the page as JSON text: every ``<`` is written
+    ``\\u003c``, so no ``</script>`` or ``<!--`` can end the data element, and the page shows
+    them with ``textContent`` (never parsed as HTML). The title is HTML-escaped. Both marks are
+    replaced in one pass, so a name holding a mark's text is not substituted again.
+    """
     payload = data.data if isinstance(data, ExplorerData) else data
-    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
     text = text.replace("<", "\\u003c")  # never closes the <script> element it sits in
     page = template_text()
     if DATA_MARK not in page or TITLE_MARK not in page:
         raise RuntimeError(f"the explorer template lacks {DATA_MARK} or {TITLE_MARK}")
-    return page.replace(TITLE_MARK, html.escape(title)).replace(DATA_MARK, text)
+    values = {DATA_MARK: text, TITLE_MARK: html.escape(title)}
+    return re.sub(f"{re.escape(DATA_MARK)}|{re.escape(TITLE_MARK)}",
+                  lambda match: values[match.group(0)], page)
 
 
 # --------------------------------------------------------------------------------------------
