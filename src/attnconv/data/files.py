@@ -84,9 +84,9 @@ def read_exact(path: Path, offset: int, size: int, fix: str, declared: str) -> n
     """
 
     def wrong(found: int) -> DatasetError:
-        problem = f"truncated: found {found}" if found < size else "trailing bytes after"
+        problem = f"truncated: found {found} of" if found < size else "trailing bytes after"
         return corrupt_file_error(
-            path, f"{problem} of the {size} data bytes {declared} announces", fix)
+            path, f"{problem} the {size} data bytes {declared} announces", fix)
 
     gz = path.suffix == ".gz"
     try:
