@@ -80,6 +80,25 @@ def test_resume_mid_epoch_continues_exactly(tmp_path: Path) -> None:
             assert x[key] == y[key], key
 
 
+def test_killed_between_best_and_last_of_the_final_epoch(tmp_path: Path) -> None:
+    """best.safetensors of the final epoch written, then killed before last.safetensors: the
+    resume starts from best, writes last (no epoch is left to write it) and tests."""
+    cfg = tiny(tmp_path, "a", epochs=1, train_subset=80, checkpoint_every_steps=1)
+    result = train(cfg, log=lambda _m: None)
+    ckpts = tmp_path / "a" / "checkpoints"
+    last = load_checkpoint(ckpts / "last.safetensors")
+    for path in [*ckpts.glob("step-*"), ckpts / "last.safetensors",
+                 tmp_path / "a" / "results.json"]:
+        path.unlink()
+    lines: list[str] = []
+    assert train(resume=tmp_path / "a", log=lines.append) == result
+    assert any("from best.safetensors" in line for line in lines)
+    again = load_checkpoint(ckpts / "last.safetensors")
+    assert again.meta["progress"] == last.meta["progress"]
+    for name, tensor in last.section("model").items():
+        assert torch.equal(tensor, again.section("model")[name]), name
+
+
 def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
     cfg = tiny(tmp_path, "a", epochs=1, train_subset=80)
     train(cfg, log=lambda _m: None)

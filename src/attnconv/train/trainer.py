@@ -68,11 +68,14 @@ from attnconv.train.model_io import model_kwargs
 from attnconv.train.optim import make_optimizer, make_scheduler
 from attnconv.train.state import capture, restore, unwrap
 
-#: Test hook (used by tests/test_reliability_distributed.py, never set it otherwise): the
-#: process of rank ``$ATTNCONV_TEST_CRASH_RANK`` dies with ``os._exit(1)`` just before global
-#: step ``$ATTNCONV_TEST_CRASH_STEP``, as a worker killed by the kernel would.
+#: Test hook (used by tests/test_reliability_distributed.py and test_reliability_kill.py, never
+#: set it otherwise): the process of rank ``$ATTNCONV_TEST_CRASH_RANK`` dies just before global
+#: step ``$ATTNCONV_TEST_CRASH_STEP`` (once that many steps and their checkpoints are done),
+#: with ``os._exit(1)`` as a worker killed by the kernel would, or, when
+#: ``$ATTNCONV_TEST_CRASH_HOW`` is ``sigkill``, by sending itself SIGKILL (``kill -9``).
 CRASH_RANK_ENV = "ATTNCONV_TEST_CRASH_RANK"
 CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
+CRASH_HOW_ENV = "ATTNCONV_TEST_CRASH_HOW"
 
 STEP_PREFIX = "step-"
 PROTECTED = ("best.safetensors", "last.safetensors")  # never pruned
@@ -446,6 +449,13 @@ def _crash_step(rank: int) -> int | None:
     return int(os.environ.get(CRASH_STEP_ENV, "0"))
 
 
+def _crash() -> None:
+    """Die at once, as the test hook asks (no cleanup, no flushing, no exception)."""
+    if os.environ.get(CRASH_HOW_ENV, "") == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(1)
+
+
 def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in unwrap(model).state_dict().values()
                if t.is_floating_point())
@@ -633,6 +643,11 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
             f"checkpoint saved to {path}; continue with: attnconv train --resume {run_dir}",
             signum)
 
+    if ckpt is not None and progress.step_in_epoch == 0 and progress.epoch > 0 and (
+            ckpt.path.name != "last.safetensors"):
+        # resumed from an epoch-end checkpoint other than last (a kill between writing best
+        # and last): last must hold that epoch too, even if no epoch is left to run
+        save(ckpt_dir / "last.safetensors")
     crash_at = _crash_step(dist_info.rank)
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
     board = tensorboard_writer(run_dir) if main else None
@@ -651,7 +666,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 for step in bar if bar is not None else steps:
                     where.update(epoch=epoch, step=step + 1)
                     if crash_at is not None and progress.global_step == crash_at:
-                        os._exit(1)  # test hook: die like a killed worker
+                        _crash()  # test hook: die like a killed worker
                     batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                     part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
                     x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
