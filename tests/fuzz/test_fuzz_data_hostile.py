@@ -148,7 +148,7 @@ def test_an_image_of_another_size_is_refused_before_decoding(
     convert = Image.Image.convert
     monkeypatch.setattr(Image.Image, "convert",
                         lambda self, *a, **k: decoded.append(self.size) or convert(self, *a, **k))
-    with pytest.raises(DatasetError, match=r"b/1.png is 4000x4000 but the first image is 8x8"):
+    with pytest.raises(DatasetError, match=r"b/1.png is 4000x4000 but .*a/0.png is 8x8"):
         load_dataset("imagefolder", "train", root)
     assert decoded == [(8, 8)] * 3
 

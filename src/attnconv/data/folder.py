@@ -68,12 +68,12 @@ def max_image_pixels() -> int:
     return value
 
 
-def _read_rgb(path: Path, limit: int, expected: tuple[int, int] | None) -> np.ndarray:
+def _read_rgb(path: Path, limit: int, first: tuple[Path, int, int] | None) -> np.ndarray:
     """Decode ``path`` to (H, W, 3) uint8 after checking the size its header declares.
 
     The size is read from the header (``Image.open`` decodes nothing) and must be at most
-    ``limit`` pixels and, when ``expected`` (width, height) is given, equal to it; only then
-    are the pixels decoded, so a tiny file declaring a huge image never allocates it.
+    ``limit`` pixels and, when ``first`` (path, width, height) is given, the first image's;
+    only then are the pixels decoded, so a tiny file declaring a huge image never allocates it.
     """
     from PIL import Image  # Pillow comes with matplotlib; imported only when needed
 
@@ -87,12 +87,11 @@ def _read_rgb(path: Path, limit: int, expected: tuple[int, int] | None) -> np.nd
                     f"image, or raise the limit with {MAX_IMAGE_PIXELS_ENV}=<pixels> if the "
                     "file is genuine."
                 )
-            if expected is not None and (width, height) != expected:
+            if first is not None and (width, height) != first[1:]:
                 raise DatasetError(
-                    f"{path} is {width}x{height} but the first image is "
-                    f"{expected[0]}x{expected[1]}: all images must share one size. Resize "
-                    f"them first (e.g. PIL's Image.resize((W, H))) to a common size such as "
-                    f"{expected[0]}x{expected[1]}."
+                    f"{path} is {width}x{height} but {first[0]} is {first[1]}x{first[2]}: "
+                    "all images must share one size. Resize them first (e.g. PIL's "
+                    f"Image.resize((W, H))) to a common size such as {first[1]}x{first[2]}."
                 )
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except DatasetError:
@@ -153,8 +152,8 @@ def load_imagefolder(split: str, data_dir: str | Path | None) -> ImageArrays:
     limit = max_image_pixels()
     images: list[np.ndarray] = []
     for path, _ in files:
-        expected = (images[0].shape[1], images[0].shape[0]) if images else None
-        images.append(_read_rgb(path, limit, expected))
+        first = (files[0][0], images[0].shape[1], images[0].shape[0]) if images else None
+        images.append(_read_rgb(path, limit, first))
     return ImageArrays(
         images=np.stack(images), labels=np.array([label for _, label in files], dtype=np.int64),
         classes=classes, name="imagefolder",
