@@ -106,14 +106,21 @@ def test_keep_last_prunes_step_checkpoints_but_never_best_or_last(
         "best.safetensors", "last.safetensors", "step-00000099.safetensors"]
 
 
-@pytest.mark.parametrize("damage", ["bit-flip", "truncated"])
+@pytest.mark.parametrize("damage", ["bit-flip", "step-counter-bit-flip", "truncated"])
 def test_resume_falls_back_past_a_corrupted_newest_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """A flip in the tensor bytes or in the header's step counter (6 -> 7: the incident where
+    --resume continued silently from the wrong place), or a truncation: the newest checkpoint
+    is refused by name and the run resumes from the previous one, ending bit-identical."""
     run = interrupted_run(tmp_path, monkeypatch)
     newest = run / "checkpoints" / "step-00000006.safetensors"
     data = bytearray(newest.read_bytes())
     if damage == "bit-flip":
         data[-5] ^= 0x01
+    elif damage == "step-counter-bit-flip":
+        counter = b'\\"global_step\\": 6'
+        assert data.count(counter) == 1
+        data[data.index(counter) + len(counter) - 1] ^= 0x01  # '6' -> '7'
     else:
         del data[len(data) // 2:]
     newest.write_bytes(bytes(data))
@@ -224,7 +231,7 @@ def test_resume_refuses_changed_training_data(tmp_path: Path,
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("train_subset: 160", "train_subset: 140"))
     with pytest.raises(CheckpointError, match=r"training data .* changed"):
-        train(resume=run, log=quiet)
+        train(resume=run, log=quiet, allow_config_change=True)  # else the edit is refused
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

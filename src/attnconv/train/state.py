@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnconv.errors import CheckpointError
 from attnconv.train.checkpoint import Checkpoint
 
 
@@ -50,13 +51,30 @@ def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None,
     py = random.getstate()
     np_state = np.random.get_state()
     meta["rng"] = {"python": [py[0], list(py[1]), py[2]],
-                   "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])]}
+                   "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]),
+                             int(np_state[3]), float(np_state[4])]}
     return tensors, meta
 
 
 def restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
             scheduler: Any | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
-    """Load what :func:`capture` saved back into live objects."""
+    """Load what :func:`capture` saved back into live objects.
+
+    Raises:
+        CheckpointError: naming the file, when its state does not fit the live objects (other
+            parameters, parameter groups or RNG sizes than this run has).
+    """
+    try:
+        _restore(ckpt, model, optimizer, scheduler, scaler)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{ckpt.path} does not fit this run ({type(err).__name__}: "
+                              f"{first}); resume with the configuration that wrote it, or use "
+                              f"another checkpoint") from err
+
+
+def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+             scheduler: Any | None, scaler: torch.amp.GradScaler | None) -> None:
     unwrap(model).load_state_dict(ckpt.section("model"))
     meta = ckpt.meta
     if optimizer is not None and "optimizer" in meta:
