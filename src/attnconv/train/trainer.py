@@ -72,7 +72,8 @@ from attnconv.train.state import capture, restore, unwrap
 #: set it otherwise): the process of rank ``$ATTNCONV_TEST_CRASH_RANK`` dies just before global
 #: step ``$ATTNCONV_TEST_CRASH_STEP`` (once that many steps and their checkpoints are done),
 #: with ``os._exit(1)`` as a worker killed by the kernel would, or, when
-#: ``$ATTNCONV_TEST_CRASH_HOW`` is ``sigkill``, by sending itself SIGKILL (``kill -9``).
+#: ``$ATTNCONV_TEST_CRASH_HOW`` is ``sigkill``, by sending itself SIGKILL (``kill -9``); with
+#: ``hang`` it stops there without dying (a stuck worker), sleeping until killed.
 CRASH_RANK_ENV = "ATTNCONV_TEST_CRASH_RANK"
 CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
 CRASH_HOW_ENV = "ATTNCONV_TEST_CRASH_HOW"
@@ -451,8 +452,13 @@ def _crash_step(rank: int) -> int | None:
 
 def _crash() -> None:
     """Die at once, as the test hook asks (no cleanup, no flushing, no exception)."""
-    if os.environ.get(CRASH_HOW_ENV, "") == "sigkill":
+    how = os.environ.get(CRASH_HOW_ENV, "")
+    if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if how == "hang":  # SIGTERM kills it (torchrun's stop), no checkpoint
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while how == "hang":
+        time.sleep(3600)
     os._exit(1)
 
 
