@@ -41,13 +41,43 @@ def test_bench_tiny_writes_table_and_json(tmp_path: Path,
                 "ref_infer_images_s", "fast_infer_images_s", "ref_train_peak_bytes",
                 "fast_train_peak_bytes", "fast_train_gflops", "fast_macs_per_image"):
         assert key in sa, key
-    assert len(result["targets"]) == 10
+    [shared] = result["batch_dropout"]  # tiny: one batch
+    assert shared["batch"] == 2 and shared["fast_algorithm"] == "dense"
+    for key in ("plain_train_images_s", "fast_train_images_s", "per_image_train_images_s",
+                "speedup_vs_plain", "speedup_vs_per_image"):
+        assert shared[key] > 0, key
+    assert "## Batch-shared attention dropout" in printed
+    assert len(result["targets"]) == 11
+    assert "plain dense at batch 2" in result["targets"][-1]["target"]
     assert all({"target", "value", "reached"} <= set(t) for t in result["targets"])
 
 
 def test_quick_config_is_smaller_than_full() -> None:
     cfg = quick_config("cpu")
     assert cfg.iters <= 2 and cfg.model_batch < 32 and len(cfg.layer_sizes) == 2
+    assert max(cfg.dropout_batches) < 32 and cfg.dropout_iters <= 2
+
+
+def test_plain_dense_model_is_the_fast_model_under_the_same_mask() -> None:
+    """The benchmark's plain dense formulation computes what the fast model computes."""
+    import torch
+
+    from attnconv.bench import plain_dense_model
+    from attnconv.models import create_model
+
+    small = {"hidden_size": 8, "num_layers": 2, "heads": 2, "ffn_size": 16, "image_size": 8,
+             "dropout": 0.0, "attn_dropout": 0.3}
+    torch.manual_seed(0)
+    fast = create_model("sa-quadratic", **small).double().train()
+    torch.manual_seed(0)
+    plain = plain_dense_model("sa-quadratic", **small).double().train()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    torch.manual_seed(1)
+    y_fast = fast(x)
+    torch.manual_seed(1)
+    y_plain = plain(x)
+    torch.testing.assert_close(y_fast, y_plain, atol=1e-12, rtol=1e-10)
+    assert not torch.allclose(y_fast, fast.eval()(x))  # the dropout did act
 
 
 def test_peak_memory_sees_a_large_allocation() -> None:

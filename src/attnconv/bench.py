@@ -20,6 +20,12 @@ measured in the same run, the two sides alternating iteration by iteration
   model with the reference and with the fast paths, fp32 and bf16 autocast, and ResNet18; the
   peak memory of a training step; achieved GFLOP/s (:func:`attnconv.flops.count_macs`, attention
   products included, x3 for a training step) against the measured peak.
+* **batch-shared dropout**: ``sa-quadratic`` training steps (fp32, attention dropout 0.1 with
+  one mask per batch, the authors' semantics) with the fast paths, against the plain dense
+  formulation (:class:`PlainDenseAttention`: one ``(heads, N, N)`` probability tensor, dropout
+  on it, one product with the values, ``Linear(heads D, D)``) and against per-image masks
+  (``attn_dropout_mode="probabilities"``), the three alternating step by step, at each batch
+  of ``BenchConfig.dropout_batches``.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each measurement). On a
 CPU torch keeps no allocator statistics, so we measure the process's peak resident set size:
@@ -85,6 +91,8 @@ class BenchConfig:
     bf16_batch: int = 2
     bf16_min_ratio: float = 0.05  # skip bf16 models when bf16 GEMMs are slower than this x fp32
     peak_size: int = 2048
+    dropout_batches: tuple[int, ...] = (8, 32)  # batch-shared dropout comparison
+    dropout_iters: int = 3
 
 
 def full_config(device: str) -> BenchConfig:
@@ -98,7 +106,8 @@ def quick_config(device: str) -> BenchConfig:
                        encodings=ENCODINGS[:4],
                        warmup=1, iters=2, model_batch=4, bf16_batch=1,
                        models=("sa-quadratic", "sa-learned-content", "resnet18"),
-                       bf16_models=("sa-quadratic",), peak_size=1024)
+                       bf16_models=("sa-quadratic",), peak_size=1024,
+                       dropout_batches=(2, 8), dropout_iters=2)
 
 
 def tiny_config(device: str) -> BenchConfig:
@@ -111,7 +120,7 @@ def tiny_config(device: str) -> BenchConfig:
         model_overrides={"sa-quadratic": small, "sa-learned-content": small,
                          "resnet18": {"base_width": 4}},
         image_size=8, bf16_models=("sa-quadratic",), bf16_batch=1, bf16_min_ratio=0.0,
-        peak_size=64)
+        peak_size=64, dropout_batches=(2,), dropout_iters=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,6 +469,80 @@ def model_runs(cfg: BenchConfig, peaks: dict[str, float]) -> tuple[list[dict[str
 
 
 # --------------------------------------------------------------------------------------------
+# Batch-shared attention dropout against the plain dense formulation
+# --------------------------------------------------------------------------------------------
+class PlainDenseAttention(nn.Module):
+    """Benchmark-only: positional-only attention written the plain dense way (authors' code).
+
+    One ``(heads, N, N)`` probability tensor for the batch (from the wrapped layer's reference
+    logits), ``F.dropout`` on it (one mask shared by every image), one product with the values
+    (``einsum``, identity values), then the layer's own ``Linear(heads D, D)``.
+    """
+
+    def __init__(self, attn: SelfAttention2d) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def check_size(self, height: int, width: int) -> None:
+        """As :meth:`SelfAttention2d.check_size` (the model validates its input with it)."""
+        self.attn.check_size(height, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, D)`` to ``(B, H, W, D_out)``."""
+        a = self.attn
+        b, h, w, d = x.shape
+        n = h * w
+        probs = a.attention(x).reshape(a.heads, n, n)  # (heads, N, N), no batch axis
+        probs = F.dropout(probs, a.attn_dropout.p, a.training)
+        mixed = torch.einsum("hqk,bkd->bqhd", probs, x.reshape(b, n, d))  # (B, N, heads, D)
+        return a.out(mixed.reshape(b, h, w, a.heads * d))
+
+
+def plain_dense_model(name: str, **overrides: Any) -> nn.Module:
+    """``create_model(name, ...)`` with every attention layer run by :class:`PlainDenseAttention`
+    (same parameters, same initial values for the same seed)."""
+    model = create_model(name, **overrides)
+    for block in model.layers:  # type: ignore[union-attr]
+        block.attn = PlainDenseAttention(block.attn)
+    return model
+
+
+def bench_batch_dropout(cfg: BenchConfig, device: torch.device, batch: int) -> dict[str, Any]:
+    """Training images/s of ``sa-quadratic`` (attention dropout 0.1, one mask per batch) with
+    the fast paths, the plain dense formulation and per-image masks, alternating."""
+    name = "sa-quadratic"
+    overrides = {**cfg.model_overrides.get(name, {}), "attn_dropout": 0.1,
+                 "image_size": cfg.image_size}
+    models: dict[str, nn.Module] = {}
+    for key, mode in (("fast", "batch"), ("plain", "batch"), ("per_image", "probabilities")):
+        torch.manual_seed(0)
+        make = plain_dense_model if key == "plain" else create_model
+        models[key] = make(name, attn_dropout_mode=mode, **overrides).to(device)
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def train(model: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        step = _train_step(model, opt, x, y, device, "fp32")
+
+        def run() -> None:
+            model.train()
+            step()
+        return run
+
+    times = interleaved_times({k: train(m) for k, m in models.items()}, device, cfg.warmup,
+                              cfg.dropout_iters)
+    row: dict[str, Any] = {"model": name, "batch": batch, "attn_dropout": 0.1,
+                           "fast_algorithm": models["fast"].layers[0].attn.algorithm(
+                               (cfg.image_size // 2) ** 2)}
+    for key in models:
+        row[f"{key}_train_images_s"] = batch / times[key]
+    row["speedup_vs_plain"] = _ratio(times["plain"], times["fast"])
+    row["speedup_vs_per_image"] = _ratio(times["per_image"], times["fast"])
+    return row
+
+
+# --------------------------------------------------------------------------------------------
 # Targets and the whole run
 # --------------------------------------------------------------------------------------------
 def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -511,6 +594,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         ("sa-quadratic training-step peak memory, fast / reference (dropout off)", "<=", 0.7,
          model_value("sa-quadratic", "train_memory_ratio", precision="fp32", attn_dropout=0.0)),
     ]
+    for row in result.get("batch_dropout", []):
+        specs.append((f"sa-quadratic fp32 training, batch-shared attention dropout, fast / "
+                      f"plain dense at batch {row['batch']}", ">=", 1.3,
+                      row.get("speedup_vs_plain")))
     targets = []
     for label, op, bound, value in specs:
         reached = None if value is None else (value >= bound if op == ">=" else value <= bound)
@@ -550,6 +637,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             if f"{key}_train_gflops" in row:
                 row[f"{key}_train_fraction_of_peak"] = row[f"{key}_train_gflops"] / peak
     result["models"] = models
+    result["batch_dropout"] = []
+    for batch in cfg.dropout_batches:
+        log(f"batch-shared attention dropout: sa-quadratic fast / plain dense, batch {batch}")
+        result["batch_dropout"].append(bench_batch_dropout(cfg, device, batch))
+        gc.collect()
     result["notes"] = notes
     result["targets"] = evaluate_targets(result)
     with contextlib.suppress(OSError, AttributeError):
@@ -630,6 +722,14 @@ def format_result(result: dict[str, Any]) -> str:
             f"{_mb(r.get('ref_train_peak_bytes'))} | {_mb(r.get('fast_train_peak_bytes'))} | "
             f"{_num(r.get('fast_train_gflops'))} ({_num(None if frac is None else 100 * frac, 0)}"
             f"%) |")
+    lines += ["", "## Batch-shared attention dropout (sa-quadratic, fp32 training, images/s)",
+              "", "| batch | fast algorithm | plain dense | fast | per-image masks (fast) | "
+              "fast / plain dense | fast / per-image |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in result.get("batch_dropout", []):
+        lines.append(f"| {r['batch']} | {r['fast_algorithm']} | "
+                     f"{_num(r['plain_train_images_s'])} | {_num(r['fast_train_images_s'])} | "
+                     f"{_num(r['per_image_train_images_s'])} | {_x(r['speedup_vs_plain'])} | "
+                     f"{_x(r['speedup_vs_per_image'])} |")
     lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---:|---|"]
     for t in result["targets"]:
         reached = {True: "yes", False: "no", None: "not measured"}[t["reached"]]

@@ -53,14 +53,25 @@ def stack_heads(probs: Tensor) -> Tensor:
     return probs.transpose(0, 1).reshape(n * heads, n)
 
 
-def dense_chunk(x: Tensor, heads: int) -> int:
-    """Images per chunk: the whole batch on a GPU, ~``CPU_CHUNK_BYTES`` of intermediates on CPU."""
+SHARED_CHUNK_BYTES = 128 * 2**20
+"""Target size of one chunk's mixed heads ``m`` on a CPU when the attention is one matrix for the
+whole batch (no per-image mask): the products then run on many images at once, which the
+per-image budget :data:`CPU_CHUNK_BYTES` (one image at the paper's size) made ~1.8x slower on
+an AVX-512 Xeon (docs/performance.md)."""
+
+
+def dense_chunk(x: Tensor, heads: int, *, shared: bool = False) -> int:
+    """Images per chunk: the whole batch on a GPU; on a CPU ~``CPU_CHUNK_BYTES`` of
+    intermediates per chunk, or ~``SHARED_CHUNK_BYTES`` of ``m`` when the left factor is shared."""
     batch, height, width, dim = x.shape
     if x.device.type != "cpu":
         return max(batch, 1)
     n = height * width
-    per_image = n * heads * (dim + n) * x.element_size()  # m and the image's attention
-    return max(1, min(batch, CPU_CHUNK_BYTES // max(per_image, 1)))
+    if shared:
+        per_image, budget = n * heads * dim * x.element_size(), SHARED_CHUNK_BYTES
+    else:
+        per_image, budget = n * heads * (dim + n) * x.element_size(), CPU_CHUNK_BYTES
+    return max(1, min(batch, budget // max(per_image, 1)))
 
 
 def dropout_mask(images: int, rows: int, keys: int, p: float, *,
@@ -136,8 +147,9 @@ class SharedDenseAttention(torch.autograd.Function):
                 torch.bmm(left.transpose(1, 2), dm, out=grad_x[s:e].view(e - s, n, dim))
             if grad_a is not None:  # dAcat = sum_b (dm[b] x[b]^T) * mask_b / (1 - p)
                 if mask is None and grad_a.dtype == dm.dtype:
-                    for n_ in range(e - s):  # accumulate in place: no (b, N heads, N) temporary
-                        grad_a.addmm_(dm[n_], xs[n_].t())
+                    # Shared left factor: one GEMM over the chunk, (N heads, b D) @ (b D, N).
+                    dm_cat = dm.transpose(0, 1).reshape(dm.shape[1], -1)
+                    grad_a.addmm_(dm_cat, xs.transpose(1, 2).reshape(-1, n))
                 else:
                     d_left = torch.bmm(dm, xs.transpose(1, 2))  # (b, N heads, N)
                     if mask is not None:
@@ -171,7 +183,8 @@ def shared_attention(x: Tensor, probs: Tensor, weight: Tensor | None = None,
     heads = probs.shape[0]
     acat = stack_heads(probs)  # (N heads, N)
     if weight is not None:
-        chunk = dense_chunk(x, heads) if chunk is None else max(1, int(chunk))
+        shared = dropout == 0.0
+        chunk = dense_chunk(x, heads, shared=shared) if chunk is None else max(1, int(chunk))
         return SharedDenseAttention.apply(x.contiguous(), acat, weight, bias, dropout, chunk)
     left = acat.expand(batch, -1, -1)  # stride-0 view: one matrix for the whole batch
     if dropout > 0.0:  # one mask per image over (B, N heads, N)
