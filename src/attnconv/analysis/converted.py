@@ -32,7 +32,8 @@ class ConversionCheck:
 
     ``predictions_identical`` compares the argmax of the two networks on every image;
     ``min_margin`` is the smallest gap between the CNN's two largest logits: when it exceeds
-    ``max_logit_diff`` no prediction can differ, whatever the ties.
+    ``2 * max_logit_diff`` no prediction can differ (no logit moved by more than
+    ``max_logit_diff``), so a near-tie is visible before it flips a prediction.
     """
 
     images: int
