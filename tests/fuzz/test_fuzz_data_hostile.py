@@ -153,6 +153,23 @@ def test_an_image_of_another_size_is_refused_before_decoding(
     assert decoded == [(8, 8)] * 3
 
 
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "ICO"])
+def test_only_png_and_jpeg_content_is_decoded(tmp_path: Path, fmt: str) -> None:
+    """Another format under a .png name is refused, not handed to another Pillow plugin."""
+    import io
+
+    from PIL import Image
+
+    from attnconv.data import load_dataset
+    from attnconv.errors import DatasetError
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format=fmt)
+    root = f.write_imagefolder(tmp_path / "images", **{"a/1": out.getvalue()})
+    with pytest.raises(DatasetError, match=r"cannot read image .*a/1.png"):
+        load_dataset("imagefolder", "train", root)
+
+
 def test_idx_headers_must_agree_before_any_payload_is_read(tmp_path: Path) -> None:
     """Images of another size or a label count that differs: refused from the headers."""
     from attnconv.data import load_dataset

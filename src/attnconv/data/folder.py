@@ -10,10 +10,10 @@ Two layouts are accepted:
   returning the training images. Hold a split out yourself with
   :func:`attnconv.data.train_val_split`.
 
-Images are converted to RGB uint8 and must all have the same size. Each file's size is read
-from its header before anything is decoded: an image larger than
-``$ATTNCONV_MAX_IMAGE_PIXELS`` pixels (default 4096 x 4096) or of another size than the first
-one is refused without decoding it.
+Only PNG and JPEG content is decoded (whatever the suffix). Images are converted to RGB uint8
+and must all have the same size. Each file's size is read from its header before anything is
+decoded: an image larger than ``$ATTNCONV_MAX_IMAGE_PIXELS`` pixels (default 4096 x 4096) or
+of another size than the first one is refused without decoding it.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ from attnconv.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+# Decoders tried, whatever the suffix says: a file is never handed to Pillow's other plugins
+# (EPS would run Ghostscript; TIFF, PSD, ICO... widen what untrusted bytes reach).
+_FORMATS = ("PNG", "JPEG", "MPO")  # MPO: Pillow's name for JPEGs holding several pictures
+
 #: Environment variable raising (or lowering) the per-image pixel limit.
 MAX_IMAGE_PIXELS_ENV = "ATTNCONV_MAX_IMAGE_PIXELS"
-#: Largest ``width * height`` an image may declare by default (4096 x 4096, about 200 MB of
-#: decoding work at most); checked from the header before any pixel is decoded.
+#: Largest ``width * height`` an image may declare by default (4096 x 4096: loading one image
+#: at the limit peaks at about 230 MiB); checked from the header before any pixel is decoded.
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 SPLITS = ("train", "test")
 _LAYOUT = "data_dir/<split>/<class>/*.png|jpg|jpeg or data_dir/<class>/*.png|jpg|jpeg"
@@ -78,7 +82,7 @@ def _read_rgb(path: Path, limit: int, first: tuple[Path, int, int] | None) -> np
     from PIL import Image  # Pillow comes with matplotlib; imported only when needed
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=_FORMATS) as image:
             width, height = image.size
             if width * height > limit:
                 raise DatasetError(
