@@ -4,6 +4,11 @@ An IDX file is a 4-byte magic number ``00 00 <type> <ndim>``, then ``ndim`` big-
 dimensions, then the values in row order. Both datasets use type ``0x08`` (unsigned byte):
 images are ``idx3`` (N, 28, 28), labels ``idx1`` (N,).
 
+Both headers are checked before any data is read: shapes, equal N, and a declared payload of at
+most :data:`MAX_IDX_BYTES` (1 GiB). Data is then read (or gunzipped) straight into an array of
+the declared size and at most one byte further, so memory never exceeds what the header
+declares, however far a hostile ``.gz`` stream would expand.
+
 Directories searched, in order: ``data_dir``, ``data_dir/<name>``, and the torchvision layout
 ``data_dir/<MNIST|FashionMNIST>/raw``. Without ``data_dir``, Fashion-MNIST is also looked for
 where Debian's ``dataset-fashion-mnist`` package installs it (:data:`DEBIAN_FASHION_MNIST`).
