@@ -199,7 +199,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse the value of override {text!r}: {err}") from err
+        first = " ".join(str(err).split())
+        raise ConfigError(f"cannot parse the value of override {text!r}: {first}") from err
+    except RecursionError as err:
+        raise ConfigError(f"the value of override {text[:40]!r}... is nested too deeply") from err
     return key.split("."), value
 
 
