@@ -45,7 +45,8 @@ def forge(path: Path, tensors: dict[str, torch.Tensor], doc: Any) -> Path:
     """A correctly sealed file with arbitrary metadata ``doc`` (what a buggy writer, or someone
     who edits the header and recomputes the checksum, would produce): only the schema and the
     cross-checks can catch it."""
-    header = json.dumps({**doc, "format": FORMAT} if isinstance(doc, dict) else doc)
+    header = doc if isinstance(doc, str) else json.dumps(
+        {**doc, "format": FORMAT} if isinstance(doc, dict) else doc)
     path.write_bytes(_seal(st_save(tensors, metadata={META_KEY: header,
                                                       DIGEST_KEY: _PLACEHOLDER})))
     return path
@@ -368,6 +369,16 @@ def test_format_1_files_are_refused_unless_allowed_then_can_be_rewritten(
     data[at] ^= 0x01
     with pytest.raises(CheckpointError, match="no whole-file checksum"):
         checkpoint_from_bytes(bytes(data), trained, allow_legacy=True)
+
+
+def test_deeply_nested_metadata_is_refused(tmp_path: Path) -> None:
+    """Nesting beyond the recursion limit (of the JSON parser or of the validator) is a
+    CheckpointError, not a RecursionError."""
+    nested = "[" * 5000 + "]" * 5000
+    doc = f'{{"model_args": {{"x": {nested}}}, "format": "{FORMAT}"}}'
+    path = forge(tmp_path / "deep.safetensors", _tensors(), doc)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_checkpoint(path)
 
 
 def test_progress_schema_follows_the_trainer() -> None:

@@ -203,7 +203,7 @@ def _parse_header(data: bytes, path: Path) -> tuple[dict[str, str], dict[str, An
         header = json.loads(data[8:8 + n])
         metadata = header["__metadata__"]
         doc = json.loads(metadata[META_KEY])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise CheckpointError(f"{path} is not an attnconv checkpoint (no {META_KEY!r} "
                               f"metadata)") from err
     if not isinstance(doc, dict):
@@ -259,18 +259,20 @@ def read_meta(path: str | Path, *, allow_legacy: bool = False) -> dict[str, Any]
                 _check_meta(doc, path, legacy=True)
                 return doc
             actual = _hash_with_placeholder(head, span, iter(lambda: f.read(1 << 20), b""))
+    except CheckpointError:
+        raise
     except OSError as err:
         raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from err
     if actual != head[span[0]:span[1]].decode():
-        raise CheckpointError(f"{path} is corrupted: its bytes do not match the stored "
-                              f"checksum")
+        raise CheckpointError(f"{path} is truncated or corrupted: its bytes do not match "
+                              f"the stored checksum")
     _, doc = _parse_header(head, path)
     _check_meta(doc, path, legacy=False)
     return doc
 
 
 def _check_tensors(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """The tensors a resumable checkpoint needs are there, with the right dtype and size."""
+    """The tensors a resumable checkpoint needs are there (RNG state: a 1-D uint8 tensor)."""
     if "progress" not in meta:
         return
     rng = tensors.get("rng.torch")
@@ -317,8 +319,8 @@ def checkpoint_from_bytes(data: bytes, path: str | Path, *, verify: bool = True,
         legacy = True
     else:
         if verify and _hash_with_placeholder(data, span) != data[span[0]:span[1]].decode():
-            raise CheckpointError(f"{path} is corrupted: its bytes do not match the stored "
-                                  f"checksum")
+            raise CheckpointError(f"{path} is truncated or corrupted: its bytes do not match "
+                                  f"the stored checksum")
         _, doc = _parse_header(data, path)
     _check_meta(doc, path, legacy)
     try:

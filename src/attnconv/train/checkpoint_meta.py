@@ -355,7 +355,10 @@ def validate_meta(meta: Any, path: Path | str) -> None:
     c = _Check(path)
     if not isinstance(meta, dict):
         c.fail("(top level)", f"expected a mapping, got {_short(meta)}")
-    cfg = _sections(c, meta)
+    try:
+        cfg = _sections(c, meta)
+    except RecursionError:
+        c.fail("(nesting)", "nested too deeply")
     _required(c, meta)
     _cross_check(c, meta, cfg)
 
