@@ -53,3 +53,11 @@ def test_check_run_on_a_trained_cnn(cnn_run: Path) -> None:
     assert check.images == 10 and check.predictions_identical
     assert check.test_accuracy == check.cnn_accuracy
     assert check.heads == 9 * 17 + 3  # 17 3x3 convs (stem + 16 in blocks), 3 1x1 shortcuts
+
+
+def test_check_run_in_float64(cnn_run: Path) -> None:
+    single, double = check_run(cnn_run, images=6), check_run(cnn_run, images=6,
+                                                              dtype=torch.float64)
+    assert double.dtype == "float64" and double.predictions_identical
+    assert double.max_logit_diff < 1e-9 and single.dtype == "float32"
+    assert double.cnn_accuracy == single.cnn_accuracy
