@@ -59,10 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AttnconvError, ValueError, TypeError, OSError, NotImplementedError) as err:
         if args.debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = _first_line(err)
         print(f"attnconv {args.command}: error: {message} (run with --debug for a traceback)",
               file=sys.stderr)
         return int(getattr(err, "exit_code", 1))  # e.g. 128 + signal for an interrupted run
+    except (MemoryError, RuntimeError) as err:
+        # torch.OutOfMemoryError is a RuntimeError; any other one is a bug: traceback
+        if args.debug or not (isinstance(err, MemoryError) or _out_of_memory(err)):
+            raise
+        print(f"attnconv {args.command}: error: out of memory ({_first_line(err)}); lower "
+              f"batch_size / --batch-size or the model size (run with --debug for a "
+              f"traceback)", file=sys.stderr)
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is PyTorch's out-of-memory error (CPU or GPU allocator)."""
+    return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
 
 
 if __name__ == "__main__":  # pragma: no cover
