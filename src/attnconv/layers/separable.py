@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnconv.layers.precision import accumulation_dtype
+from attnconv.layers.separable_projected import MAX_DIM, projected_separable_attention
 
 CPU_CHUNK_BYTES = 8 * 2**20
 """Target size of one chunk's heads-wide intermediate on a CPU (measured: 4-16 MB is best)."""
@@ -261,15 +262,36 @@ class SeparableAttention(torch.autograd.Function):
                 None if grad_w is None else grad_w.to(weight.dtype), grad_b, None)
 
 
+KERNELS = ("auto", "mix-project", "project-mix")
+"""``kernel`` of :func:`separable_attention`: "mix, then project" (:class:`SeparableAttention`),
+"project, then mix" (:mod:`attnconv.layers.separable_projected`), or the faster one here."""
+
+
+def choose_kernel(x: Tensor, row: Tensor, weight: Tensor | None) -> str:
+    """The kernel ``kernel="auto"`` runs: "project-mix" on a CPU for narrow tokens, else
+    "mix-project".
+
+    "project-mix" needs batch-shared factors and the fused projection; it was measured faster
+    on a CPU for ``D <= MAX_DIM`` (1.5x at the demo model's ``D = 32``, ~1.15x at 64 and 128)
+    and slower at the paper's ``D = 400`` (docs/performance.md).
+    """
+    if weight is None or row.dim() != 3 or x.device.type != "cpu":
+        return "mix-project"
+    return "project-mix" if x.shape[-1] <= MAX_DIM else "mix-project"
+
+
 def separable_attention(x: Tensor, row: Tensor, col: Tensor, weight: Tensor | None = None,
-                        bias: Tensor | None = None, *, chunk: int | None = None) -> Tensor:
+                        bias: Tensor | None = None, *, chunk: int | None = None,
+                        kernel: str = "auto") -> Tensor:
     """Positional-only separable attention with identity values, and the output projection.
 
     ``y[b, i, j] = bias + sum_h sum_{k,l} R_h[i,k] C_h[j,l] x[b,k,l] W^(h)`` where ``W^(h)`` is
     block ``h`` of ``weight (O, heads D)``. ``row``/``col`` are shared ``(heads, ., .)`` or per
     image ``(B, heads, ., .)``. With ``weight=None`` return the mixed heads
     ``m[b, i, j, (h, d)] = sum_{k,l} R_h[i,k] C_h[j,l] x[b,k,l,d]`` instead (the input of the
-    output projection). Exact; see :class:`SeparableAttention`.
+    output projection). Exact; ``kernel`` is one of :data:`KERNELS` ("auto":
+    :func:`choose_kernel`); see :class:`SeparableAttention` and
+    :class:`~attnconv.layers.separable_projected.ProjectedSeparableAttention`.
 
     Returns:
         ``(B, H, W, O)``, or ``(B, H, W, heads D)`` when ``weight`` is ``None``.
@@ -278,6 +300,15 @@ def separable_attention(x: Tensor, row: Tensor, col: Tensor, weight: Tensor | No
     if weight is not None and weight.shape[1] != heads * x.shape[-1]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {heads} heads of width "
                          f"{x.shape[-1]}")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "auto":
+        kernel = choose_kernel(x, row, weight)
+    if kernel == "project-mix":
+        if weight is None or row.dim() != 3 or col.dim() != 3:
+            raise ValueError('kernel="project-mix" needs batch-shared row and column factors '
+                             'and the output projection weight; use kernel="mix-project"')
+        return projected_separable_attention(x, row, col, weight, bias, chunk=chunk)
     chunk = default_chunk(x, heads) if chunk is None else max(1, int(chunk))
     return SeparableAttention.apply(x.contiguous(), row, col, weight, bias, chunk)
 

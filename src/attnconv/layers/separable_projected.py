@@ -1,0 +1,185 @@
+"""Separable attention, "project, then mix": large products only, for small token grids.
+
+A second kernel for the separable layer of :mod:`attnconv.layers.separable`: the same function
+(identity values, batch-shared ``R_h`` and ``C_h``, the output projection fused)::
+
+    y[b, i, j] = b_out + sum_h sum_{k,l} R_h[i, k] C_h[j, l] x[b, k, l] W_out^(h)     (MHSA)
+
+but with the projection *first*, which lets the head sum ride on the last mixing product. Per
+chunk of ``c`` images, with ``x`` transposed once to ``xq[l, k, b, :]`` (a copy of ``x``'s size):
+
+1. projection, per head: ``z[h, l, k, b, :] = xq[l, k, b, :] W_h^T`` -- one batched product
+   over the heads (``K = D``, left factor shared);
+2. rows: ``v[(h, l), i, (b, o)] = sum_k R_h[i, k] z[(h, l), k, (b, o)]`` -- one batched product
+   over ``(head, column)`` with ``N = c O`` (the ``R_h`` repeated ``W`` times: tiny);
+3. columns and the head sum together: ``y[j, (i, b, o)] = sum_{(h, l)} Ccat[j, (h, l)]
+   v[(h, l), (i, b, o)]`` with ``Ccat[j, (h, l)] = C_h[j, l]`` -- one GEMM with ``K = heads W``
+   whose output is the layer's output (``D_out`` wide, not ``heads D`` wide), transposed back
+   to ``(b, i, j, o)`` with the bias added.
+
+Backward from ``g``: ``dv = Ccat^T g`` and ``dCcat = g v^T`` (GEMMs); ``dz = R^T dv`` and
+``dR = sum_l dv z^T`` (batched over ``(h, l)``); ``dW_h = xq^T dz_h`` (batched over heads) and
+``dxq = sum_h dz_h W_h`` (one accumulating GEMM per head). Unlike the "mix, then project" kernel
+every product here has a large free dimension (``c O`` or ``H c O`` or ``T = W H c``), and
+only two heads-wide tensors exist per chunk (``z``, ``v``) plus two in the backward pass.
+
+The forward pass keeps only ``x`` (and the small factors); the backward pass recomputes ``z`` and
+``v`` chunk by chunk (steps 1-2, a quarter of its arithmetic), while they are in cache. On a CPU
+the chunks are small (:data:`CPU_CHUNK_BYTES`): the products with ``K = H`` or ``K = W`` are
+bound by memory traffic, and a chunk's heads-wide tensors then stay in the core's L2 cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnconv.layers.precision import accumulation_dtype
+
+CPU_CHUNK_BYTES = 2**20
+"""Target size of one chunk's heads-wide tensor per CPU thread (half a core's L2 cache here;
+measured on one thread: 4 images of the demo model, 1 image from ``D = 64`` on, were the
+fastest; docs/performance.md)."""
+MAX_DIM = 128
+"""Largest token width for which :func:`separable_attention` uses this kernel automatically
+(measured faster than "mix, then project" at ``D`` = 32, 64, 128, slower at 400)."""
+
+
+def _head_weights(weight: Tensor, heads: int) -> Tensor:
+    """``W_h^T`` stacked: ``(O, heads D) -> (heads, D, O)`` (contiguous; tiny)."""
+    out_dim = weight.shape[0]
+    return weight.view(out_dim, heads, -1).permute(1, 2, 0).contiguous()
+
+
+def _row_factors(row: Tensor, width: int) -> Tensor:
+    """``R_h`` for every ``(h, l)``: ``(heads, H, H) -> (heads W, H, H)`` (tiny)."""
+    heads, height, _ = row.shape
+    return row.unsqueeze(1).expand(heads, width, height, height).reshape(heads * width, height,
+                                                                          height)
+
+
+def _project_rows(xq: Tensor, wh: Tensor, rexp: Tensor) -> tuple[Tensor, Tensor]:
+    """Steps 1-2 for one chunk ``xq (W, H, c, D)``: ``z`` and ``v``, both ``(heads W, H, c O)``."""
+    width, height, images, dim = xq.shape
+    heads, _, out_dim = wh.shape
+    tokens = width * height * images
+    z = torch.bmm(xq.view(1, tokens, dim).expand(heads, tokens, dim), wh)  # (h, (l,k,b), o)
+    z = z.view(heads * width, height, images * out_dim)
+    v = torch.bmm(rexp, z)  # ((h, l), i, (b, o))
+    return z, v
+
+
+class ProjectedSeparableAttention(torch.autograd.Function):
+    """``y = b_out + sum_h (R_h (x) C_h) x W_out^(h)``, project then mix (module docstring).
+
+    Inputs: ``x (B, H, W, D)`` contiguous; ``row (heads, H, H)``; ``col (heads, W, W)``;
+    ``weight (O, heads D)``; ``bias (O,)`` or ``None``; ``chunk`` (images per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, row: Tensor, col: Tensor, weight: Tensor,
+                bias: Tensor | None, chunk: int) -> Tensor:
+        batch, height, width, _ = x.shape
+        heads, out_dim = row.shape[0], weight.shape[0]
+        wh = _head_weights(weight, heads)
+        rexp = _row_factors(row, width)
+        ccat = col.permute(1, 0, 2).reshape(width, heads * width)  # (j, (h, l))
+        y = x.new_empty(batch, height, width, out_dim)
+        for s in range(0, batch, chunk):
+            e = min(batch, s + chunk)
+            xq = x[s:e].permute(2, 1, 0, 3).contiguous()  # (l, k, b, d): x-sized copy
+            _, v = _project_rows(xq, wh, rexp)
+            yq = torch.mm(ccat, v.view(heads * width, -1))  # (j, (i, b, o))
+            mixed = yq.view(width, height, e - s, out_dim).permute(2, 1, 0, 3)
+            if bias is None:
+                y[s:e].copy_(mixed)
+            else:
+                torch.add(mixed, bias, out=y[s:e])
+        ctx.save_for_backward(x, row, col, weight)
+        ctx.chunk, ctx.has_bias = chunk, bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, row, col, weight = ctx.saved_tensors
+        need_x, need_row, need_col, need_w, need_b, _ = ctx.needs_input_grad
+        batch, height, width, dim = x.shape
+        heads, out_dim = row.shape[0], weight.shape[0]
+        acc = accumulation_dtype(x.dtype)
+        grad_y = grad_y.contiguous().to(x.dtype)
+        wh = _head_weights(weight, heads)
+        rexp = _row_factors(row, width)
+        ccat = col.permute(1, 0, 2).reshape(width, heads * width)
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=acc, device=x.device)
+
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_wh = zeros(heads, dim, out_dim) if need_w else None
+        grad_rexp = zeros(heads * width, height, height) if need_row else None
+        grad_ccat = zeros(width, heads * width) if need_col else None
+        for s in range(0, batch, ctx.chunk):
+            e = min(batch, s + ctx.chunk)
+            b = e - s
+            tokens = width * height * b
+            xq = x[s:e].permute(2, 1, 0, 3).contiguous()  # (l, k, b, d)
+            z, v = _project_rows(xq, wh, rexp)  # recomputed, in cache
+            gq = grad_y[s:e].permute(2, 1, 0, 3).contiguous().view(width, -1)  # (j, (i,b,o))
+            if grad_ccat is not None:  # dCcat = g v^T, K = H c O
+                grad_ccat += (gq @ v.view(heads * width, -1).t()).to(acc)
+            if not (need_x or need_row or need_w):
+                continue
+            dv = torch.mm(ccat.t(), gq).view(heads * width, height, -1)  # ((h,l), i, (b,o))
+            if grad_rexp is not None:  # dR for every (h, l): dv z^T, K = c O
+                grad_rexp += torch.bmm(dv, z.transpose(1, 2)).to(acc)
+            if not (need_x or need_w):
+                continue
+            dz = torch.bmm(rexp.transpose(1, 2), dv).view(heads, tokens, out_dim)  # (h, T, o)
+            if grad_wh is not None:  # dW_h^T = xq^T dz_h, K = T
+                xt = xq.view(tokens, dim).t()
+                grad_wh += torch.bmm(xt.expand(heads, dim, tokens), dz).to(acc)
+            if grad_x is not None:  # dxq = sum_h dz_h W_h: one accumulating GEMM per head
+                whT = wh.transpose(1, 2)  # (heads, O, D)
+                gxq = torch.mm(dz[0], whT[0])
+                for h in range(1, heads):
+                    gxq.addmm_(dz[h], whT[h])
+                grad_x[s:e].copy_(gxq.view(width, height, b, dim).permute(2, 1, 0, 3))
+
+        grad_row = grad_col = grad_w = grad_b = None
+        if grad_rexp is not None:
+            grad_row = grad_rexp.view(heads, width, height, height).sum(1).to(row.dtype)
+        if grad_ccat is not None:
+            grad_col = grad_ccat.view(width, heads, width).transpose(0, 1).to(col.dtype)
+        if grad_wh is not None:
+            grad_w = grad_wh.permute(2, 0, 1).reshape(out_dim, heads * dim).to(weight.dtype)
+        if need_b and ctx.has_bias:
+            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        return grad_x, grad_row, grad_col, grad_w, grad_b, None
+
+
+def projected_chunk(x: Tensor, heads: int, out_dim: int) -> int:
+    """Images per chunk for ``x (B, H, W, D)``: the whole batch on a GPU; on a CPU
+    ~:data:`CPU_CHUNK_BYTES` of ``z`` per thread (each thread works on its share of a product).
+    """
+    batch, height, width, _ = x.shape
+    if x.device.type != "cpu":
+        return max(batch, 1)
+    per_image = height * width * heads * out_dim * x.element_size()
+    budget = CPU_CHUNK_BYTES * max(1, torch.get_num_threads())
+    return max(1, min(batch, budget // max(per_image, 1)))
+
+
+def projected_separable_attention(x: Tensor, row: Tensor, col: Tensor, weight: Tensor,
+                                  bias: Tensor | None = None, *,
+                                  chunk: int | None = None) -> Tensor:
+    """:class:`ProjectedSeparableAttention`; ``chunk`` defaults to :func:`projected_chunk`.
+
+    ``x (B, H, W, D)``, batch-shared ``row (heads, H, H)`` and ``col (heads, W, W)``, ``weight
+    (O, heads D)``, ``bias (O,)`` or ``None``; returns ``(B, H, W, O)``.
+    """
+    heads, out_dim = row.shape[0], weight.shape[0]
+    chunk = projected_chunk(x, heads, out_dim) if chunk is None else max(1, int(chunk))
+    return ProjectedSeparableAttention.apply(x.contiguous(), row, col, weight, bias, chunk)
