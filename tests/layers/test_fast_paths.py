@@ -191,8 +191,10 @@ def test_shared_dense_attention_chunks() -> None:
     for chunk in (1, 2, 5):
         torch.testing.assert_close(shared_attention(x, probs, weight, bias, chunk=chunk),
                                    mixed @ weight.t() + bias)
-        assert torch.autograd.gradcheck(
-            lambda *t, c=chunk: shared_attention(*t, chunk=c), (x, probs, weight, bias))
+        for save in (False, True):  # m recomputed or kept for dW_out
+            assert torch.autograd.gradcheck(
+                lambda *t, c=chunk, s=save: shared_attention(*t, chunk=c, save_mixed=s),
+                (x, probs, weight, bias))
     same = x[:1].expand(5, 3, 2, 2)  # five copies of one image
     y = shared_attention(same, probs, weight, bias, dropout=0.5, chunk=2)
     assert not torch.allclose(y[0], y[1])  # every image has its own mask...

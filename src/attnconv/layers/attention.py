@@ -498,7 +498,10 @@ class SelfAttention2d(nn.Module):
             shared = stacked.to(dtype).transpose(0, 1)  # (heads, N, N), a view
             weight = self.out.weight.to(dtype) if fuse else None
             bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
-            y = shared_attention(x.to(dtype), shared, weight, bias, dropout=p)
+            # With one matrix for the batch, m is kept for dW_out (as nn.Linear keeps its input):
+            # faster training steps than recomputing it, for B N heads D more memory
+            # (measured in docs/performance.md).
+            y = shared_attention(x.to(dtype), shared, weight, bias, dropout=p, save_mixed=True)
         if not fuse:
             y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
         return y, (attn.unsqueeze(0) if return_attention else None)

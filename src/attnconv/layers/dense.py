@@ -16,6 +16,12 @@ then project" per chunk of images (:class:`SharedDenseAttention`):
 2. ``y = m (b N, heads D) @ W_out^T + b_out`` -- ...so the output projection is one GEMM on ``m``
    as it stands: no transpose of the heads-times-larger tensor, in either direction.
 
+When no per-image mask is drawn (no dropout, or the authors' batch-shared mask applied to
+``Acat`` beforehand) :class:`BatchSharedDense` runs step 1 as one GEMM ``Acat @ X`` with the
+images side by side, ``X (N, b D)``, and permutes its output once into step 2's layout; it can
+keep ``m`` for backward (``save_mixed``, what the layer does) instead of recomputing it. The
+per-image-mask case, :class:`SharedDenseAttention`, is described next.
+
 Backward, per chunk, from ``g = dy``: ``P = g W_out`` (the gradient of ``m``, already in ``m``'s
 layout), ``dAcat = sum_b P[b] x[b]^T``, ``dx[b] = Acat^T P[b]``, and ``dW_out = g^T m`` with ``m``
 *recomputed* (one more ``Acat x`` product, ~12% more arithmetic for the layer) instead of
@@ -162,9 +168,97 @@ class SharedDenseAttention(torch.autograd.Function):
                 None if grad_w is None else grad_w.to(weight.dtype), grad_b, None, None)
 
 
+class BatchSharedDense(torch.autograd.Function):
+    """``y = b_out + sum_h A_h x W_out^(h)`` with one ``Acat`` for every image, as single GEMMs.
+
+    Per chunk of ``b`` images the values are laid out ``X (N, b D)`` (a small copy) so that
+    mixing is one ``(N heads, N) @ (N, b D)`` product (no stride-0 batched product, which MKL
+    runs ~2x slower than this GEMM on an AVX-512 Xeon, docs/performance.md); its output is
+    permuted once into the projection's ``(b N, heads D)`` layout. Backward: ``dm = g W_out``
+    permuted back to ``(N heads, b D)``, then ``dX = Acat^T dm`` and ``dAcat += dm X^T``, one
+    GEMM each. With ``save_mixed`` the projection input ``m`` is kept for ``dW_out`` (as a plain
+    ``nn.Linear`` would), otherwise recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, acat: Tensor, weight: Tensor, bias: Tensor | None,
+                chunk: int, save_mixed: bool) -> Tensor:
+        batch, height, width, dim = x.shape
+        n, rows, out_dim = height * width, acat.shape[0], weight.shape[0]
+        heads = rows // n
+        y = x.new_empty(batch, height, width, out_dim)
+        saved = (x.new_empty(batch, n, heads * dim)
+                 if save_mixed and ctx.needs_input_grad[2] else None)
+        for s in range(0, batch, chunk):
+            e = min(batch, s + chunk)
+            flat = _mixed(x, acat, s, e, None if saved is None else saved[s:e])
+            target = y[s:e].view(-1, out_dim)
+            if bias is None:
+                torch.mm(flat, weight.t(), out=target)
+            else:
+                torch.addmm(bias, flat, weight.t(), out=target)
+        ctx.save_for_backward(x, acat, weight, saved)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, acat, weight, saved = ctx.saved_tensors
+        need_x, need_a, need_w, need_b = ctx.needs_input_grad[:4]
+        batch, height, width, dim = x.shape
+        n, rows, out_dim = height * width, acat.shape[0], weight.shape[0]
+        heads = rows // n
+        acc = accumulation_dtype(x.dtype)
+        grad_y = grad_y.contiguous().to(x.dtype)
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+        grad_a = torch.zeros(acat.shape, dtype=acc, device=x.device) if need_a else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if need_w else None
+        for s in range(0, batch, ctx.chunk):
+            e = min(batch, s + ctx.chunk)
+            b = e - s
+            g = grad_y[s:e].view(-1, out_dim)  # (b N, O)
+            if grad_w is not None:  # dW_out = g^T m
+                m = (saved[s:e].view(b * n, -1) if saved is not None
+                     else _mixed(x, acat, s, e, None))
+                grad_w += (g.t() @ m).to(acc)
+                del m
+            if not (need_x or need_a):
+                continue
+            dm = (g @ weight).view(b, n, heads, dim)  # the gradient of m
+            dm_t = dm.permute(1, 2, 0, 3).reshape(rows, b * dim)  # (N heads, b D)
+            if grad_x is not None:  # dX = Acat^T dm
+                dx_t = (acat.t() @ dm_t).view(n, b, dim)
+                grad_x[s:e].view(b, n, dim).copy_(dx_t.transpose(0, 1))
+            if grad_a is not None:  # dAcat = dm X^T
+                x_t = x[s:e].view(b, n, dim).transpose(0, 1).reshape(n, b * dim)
+                if grad_a.dtype == dm_t.dtype:
+                    grad_a.addmm_(dm_t, x_t.t())
+                else:
+                    grad_a += (dm_t @ x_t.t()).to(acc)
+        grad_b = None
+        if need_b:
+            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        return (grad_x, None if grad_a is None else grad_a.to(acat.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), grad_b, None, None)
+
+
+def _mixed(x: Tensor, acat: Tensor, start: int, stop: int, out: Tensor | None) -> Tensor:
+    """``m`` of images ``start:stop`` as ``(b N, heads D)``: one GEMM, one permuting copy."""
+    _, height, width, dim = x.shape
+    n, b = height * width, stop - start
+    heads = acat.shape[0] // n
+    x_t = x[start:stop].view(b, n, dim).transpose(0, 1).reshape(n, b * dim)  # (N, b D)
+    m_t = (acat @ x_t).view(n, heads, b, dim)  # rows (q, h), columns (image, d)
+    if out is None:
+        out = x.new_empty(b, n, heads * dim)
+    out.view(b, n, heads, dim).copy_(m_t.permute(2, 0, 1, 3))
+    return out.view(b * n, heads * dim)
+
+
 def shared_attention(x: Tensor, probs: Tensor, weight: Tensor | None = None,
                      bias: Tensor | None = None, *, dropout: float = 0.0,
-                     chunk: int | None = None) -> Tensor:
+                     chunk: int | None = None, save_mixed: bool = False) -> Tensor:
     """Batch-shared positional attention with identity values and the output projection.
 
     Args:
@@ -175,6 +269,9 @@ def shared_attention(x: Tensor, probs: Tensor, weight: Tensor | None = None,
         bias: ``(O,)`` or ``None``.
         dropout: probability of dropping each ``A_h[q, k]`` of each image (0: no dropout).
         chunk: images per chunk (default :func:`dense_chunk`).
+        save_mixed: without dropout, keep the projection input ``m`` for ``dW_out`` instead of
+            recomputing it (one ``(N heads, N)`` product per image fewer in backward, ``B N
+            heads D`` more memory held until backward).
 
     Returns:
         ``(B, H, W, O)``, or ``m`` ``(B, H, W, heads D)`` when ``weight`` is ``None``.
@@ -185,6 +282,8 @@ def shared_attention(x: Tensor, probs: Tensor, weight: Tensor | None = None,
     if weight is not None:
         shared = dropout == 0.0
         chunk = dense_chunk(x, heads, shared=shared) if chunk is None else max(1, int(chunk))
+        if shared:  # one matrix for every image: single GEMMs (BatchSharedDense)
+            return BatchSharedDense.apply(x.contiguous(), acat, weight, bias, chunk, save_mixed)
         return SharedDenseAttention.apply(x.contiguous(), acat, weight, bias, dropout, chunk)
     left = acat.expand(batch, -1, -1)  # stride-0 view: one matrix for the whole batch
     if dropout > 0.0:  # one mask per image over (B, N heads, N)
