@@ -56,7 +56,9 @@ which drops entries of each image's ``R`` and ``C`` instead (see
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -267,15 +269,36 @@ KERNELS = ("auto", "mix-project", "project-mix")
 "project, then mix" (:mod:`attnconv.layers.separable_projected`), or the faster one here."""
 
 
+_FORCED_KERNEL: str | None = None
+
+
+@contextlib.contextmanager
+def separable_kernel(kernel: str) -> Iterator[None]:
+    """Make ``kernel="auto"`` run ``kernel`` where it applies (benchmarks, debugging)."""
+    global _FORCED_KERNEL
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    previous, _FORCED_KERNEL = _FORCED_KERNEL, None if kernel == "auto" else kernel
+    try:
+        yield
+    finally:
+        _FORCED_KERNEL = previous
+
+
 def choose_kernel(x: Tensor, row: Tensor, weight: Tensor | None) -> str:
     """The kernel ``kernel="auto"`` runs: "project-mix" on a CPU for narrow tokens, else
     "mix-project".
 
     "project-mix" needs batch-shared factors and the fused projection; it was measured faster
     on a CPU for ``D <= MAX_DIM`` (1.5x at the demo model's ``D = 32``, ~1.15x at 64 and 128)
-    and slower at the paper's ``D = 400`` (docs/performance.md).
+    and slower at the paper's ``D = 400`` (docs/performance.md). Inside
+    :func:`separable_kernel` the forced kernel runs wherever it applies.
     """
-    if weight is None or row.dim() != 3 or x.device.type != "cpu":
+    if weight is None or row.dim() != 3:
+        return "mix-project"
+    if _FORCED_KERNEL is not None:
+        return _FORCED_KERNEL
+    if x.device.type != "cpu":
         return "mix-project"
     return "project-mix" if x.shape[-1] <= MAX_DIM else "mix-project"
 
