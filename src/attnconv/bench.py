@@ -93,6 +93,8 @@ class BenchConfig:
     peak_size: int = 2048
     dropout_batches: tuple[int, ...] = (8, 32)  # batch-shared dropout comparison
     dropout_iters: int = 3
+    small_network: bool = True  # the demo-size SA network against a same-size ResNet18
+    small_iters: int = 10
 
 
 def full_config(device: str) -> BenchConfig:
@@ -120,7 +122,7 @@ def tiny_config(device: str) -> BenchConfig:
         model_overrides={"sa-quadratic": small, "sa-learned-content": small,
                          "resnet18": {"base_width": 4}},
         image_size=8, bf16_models=("sa-quadratic",), bf16_batch=1, bf16_min_ratio=0.0,
-        peak_size=64, dropout_batches=(2,), dropout_iters=1)
+        peak_size=64, dropout_batches=(2,), dropout_iters=1, small_network=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +544,54 @@ def bench_batch_dropout(cfg: BenchConfig, device: torch.device, batch: int) -> d
     return row
 
 
+SMALL_SA = {"hidden_size": 32, "num_layers": 3, "heads": 9, "ffn_size": 64, "dropout": 0.0,
+            "attn_dropout": 0.0}
+"""The demo's SA network (``attnconv demo``, configs/cpu/demo-sa-quadratic.yaml)."""
+SMALL_CNN = {"base_width": 4}
+"""A CIFAR ResNet18 with about the demo SA network's parameter count (44.6k vs 44.4k)."""
+
+
+def bench_small_network(cfg: BenchConfig, device: torch.device, batch: int = 50,
+                        iters: int | None = None) -> dict[str, Any]:
+    """Training steps (fp32, SGD) of the demo-size SA network and a same-size ResNet18 on
+    28x28 grey images, alternating; the SA network also with its separable layers forced to
+    the "mix, then project" kernel (what ran before the "project, then mix" one)."""
+    from attnconv.layers.separable import separable_kernel
+
+    torch.manual_seed(0)
+    common = {"in_chans": 1, "image_size": 28}
+    sa = create_model("sa-quadratic", **common, **SMALL_SA).to(device)
+    cnn = create_model("resnet18", **common, **SMALL_CNN).to(device)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def train(model: nn.Module, kernel: str = "auto") -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        step = _train_step(model, opt, x, y, device, "fp32")
+
+        def run() -> None:
+            model.train()
+            with separable_kernel(kernel):
+                step()
+        return run
+
+    times = interleaved_times({"sa": train(sa), "sa_mix_project": train(sa, "mix-project"),
+                               "cnn": train(cnn)}, device, cfg.warmup,
+                              iters or cfg.small_iters)
+    params = {key: sum(p.numel() for p in m.parameters()) for key, m in (("sa", sa),
+                                                                         ("cnn", cnn))}
+    row: dict[str, Any] = {"sa_model": "sa-quadratic", "sa_config": SMALL_SA,
+                           "cnn_model": "resnet18", "cnn_config": SMALL_CNN, "batch": batch,
+                           "image": [1, 28, 28], "sa_params": params["sa"],
+                           "cnn_params": params["cnn"],
+                           "sa_algorithm": sa.layers[0].attn.algorithm(14 * 14)}
+    for key, seconds in times.items():
+        row[f"{key}_train_images_s"] = batch / seconds
+    row["sa_vs_cnn_train"] = _ratio(times["cnn"], times["sa"])
+    row["kernel_speedup"] = _ratio(times["sa_mix_project"], times["sa"])
+    return row
+
+
 # --------------------------------------------------------------------------------------------
 # Targets and the whole run
 # --------------------------------------------------------------------------------------------
@@ -594,6 +644,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         ("sa-quadratic training-step peak memory, fast / reference (dropout off)", "<=", 0.7,
          model_value("sa-quadratic", "train_memory_ratio", precision="fp32", attn_dropout=0.0)),
     ]
+    for row in result.get("small_network", []):
+        specs.append((f"demo-size SA network fp32 training images/s / same-size ResNet18 "
+                      f"(28x28 grey, batch {row['batch']})", ">=", 0.6,
+                      row.get("sa_vs_cnn_train")))
     for row in result.get("batch_dropout", []):
         specs.append((f"sa-quadratic fp32 training, batch-shared attention dropout, fast / "
                       f"plain dense at batch {row['batch']}", ">=", 1.3,
@@ -641,6 +695,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     for batch in cfg.dropout_batches:
         log(f"batch-shared attention dropout: sa-quadratic fast / plain dense, batch {batch}")
         result["batch_dropout"].append(bench_batch_dropout(cfg, device, batch))
+        gc.collect()
+    result["small_network"] = []
+    if cfg.small_network:
+        log("small network: demo-size SA network against a same-size ResNet18, training")
+        result["small_network"].append(bench_small_network(cfg, device))
         gc.collect()
     result["notes"] = notes
     result["targets"] = evaluate_targets(result)
@@ -730,6 +789,16 @@ def format_result(result: dict[str, Any]) -> str:
                      f"{_num(r['plain_train_images_s'])} | {_num(r['fast_train_images_s'])} | "
                      f"{_num(r['per_image_train_images_s'])} | {_x(r['speedup_vs_plain'])} | "
                      f"{_x(r['speedup_vs_per_image'])} |")
+    if result.get("small_network"):
+        lines += ["", "## Small network (fp32 training, 28x28 grey, images/s)", "",
+                  "| SA network (params) | ResNet18 (params) | batch | SA | SA, mix-then-project "
+                  "kernel | ResNet18 | SA / ResNet18 |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in result["small_network"]:
+            lines.append(
+                f"| {r['sa_model']} demo ({r['sa_params']}) | {r['cnn_model']} width "
+                f"{r['cnn_config']['base_width']} ({r['cnn_params']}) | {r['batch']} | "
+                f"{_num(r['sa_train_images_s'])} | {_num(r['sa_mix_project_train_images_s'])} | "
+                f"{_num(r['cnn_train_images_s'])} | {_x(r['sa_vs_cnn_train'])} |")
     lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---:|---|"]
     for t in result["targets"]:
         reached = {True: "yes", False: "no", None: "not measured"}[t["reached"]]
