@@ -6,7 +6,8 @@
 #      fp32 and bf16 autocast: tests/test_device_fast_paths.py) -> OUT_DIR/tests.log, tests.xml;
 #   2. runs `attnconv bench --device cuda` on the paper-size models (training and inference
 #      images/s, training-step peak memory, fast / reference ratios, the layer table, the CPU
-#      targets) -> OUT_DIR/bench.json, bench.md (tables), bench.log;
+#      targets; without the torch.compile row, whose compiling could eat the time budget)
+#      -> OUT_DIR/bench.json, bench.md (tables), bench.log;
 #   3. writes a one-page OUT_DIR/summary.md (scripts/gpu_summary.py) and environment.json.
 # Without CUDA it prints one line, writes nothing and exits 0.
 #
@@ -125,7 +126,8 @@ if [[ $BENCH_S -lt 30 ]]; then
     BENCH_RC=124
 else
     echo "gpu-check: attnconv bench --device $DEVICE (at most ${BENCH_S} s) -> bench.json, bench.md"
-    timeout "$BENCH_S" "$PY" -m attnconv bench --device "$DEVICE" "${BENCH_EXTRA[@]}" --json "$OUT/bench.json" \
+    timeout "$BENCH_S" "$PY" -m attnconv bench --device "$DEVICE" --no-compile "${BENCH_EXTRA[@]}" \
+        --json "$OUT/bench.json" \
         > "$OUT/bench.md" 2> "$OUT/bench.log"
     BENCH_RC=$?
     [[ $BENCH_RC -eq 124 ]] && echo "gpu-check: the benchmark ran out of its ${BENCH_S} s" >&2

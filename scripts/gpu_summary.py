@@ -70,6 +70,9 @@ def bench_lines(bench: dict[str, Any]) -> list[str]:
             f"{_x(r.get('infer_speedup'))} | {_mb(r.get('ref_train_peak_bytes'))} | "
             f"{_mb(r.get('fast_train_peak_bytes'))} | {_num(r.get('train_memory_ratio'), 2)} |")
     for r in bench.get("compile", []):
+        if r.get("error"):
+            lines += ["", f"torch.compile, {r.get('model')}: failed ({r['error']})."]
+            continue
         lines += ["", f"torch.compile, {r.get('model')} training step (batch {r.get('batch')}): "
                       f"eager {_num(r.get('eager_train_images_s'))} images/s, compiled "
                       f"{_num(r.get('compiled_train_images_s'))} images/s "

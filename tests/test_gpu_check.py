@@ -71,6 +71,7 @@ def test_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert env["torch"] == torch.__version__ and env["python"] == sys.executable
     bench = json.loads((out / "bench.json").read_text())
     assert bench["config"]["device"] == "cpu" and bench["models"]
+    assert bench["compile"] == []  # --no-compile: compiling could eat the time budget
     summary = (out / "summary.md").read_text()
     assert "1 passed, 0 failed, 0 skipped" in summary
     assert "`attnconv bench --device cpu` (tiny)" in summary

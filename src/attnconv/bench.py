@@ -93,13 +93,17 @@ class BenchConfig:
     peak_size: int = 2048
     dropout_batches: tuple[int, ...] = (8, 32)  # batch-shared dropout comparison
     dropout_iters: int = 3
+    compile_models: tuple[str, ...] = ("sa-quadratic",)  # torch.compile against eager training
+    compile_backend: str = "inductor"
     small_network: bool = True  # the demo-size SA network against a same-size ResNet18
     small_iters: int = 10
 
 
 def full_config(device: str) -> BenchConfig:
-    """Every size at the paper's width (several minutes on a 2-core CPU)."""
-    return BenchConfig(mode="full", device=device)
+    """Every size at the paper's width (several minutes on a 2-core CPU); on CUDA, bf16 models
+    run at the fp32 batch (a GPU is not compute-bound at batch 2)."""
+    return BenchConfig(mode="full", device=device,
+                       bf16_batch=32 if device == "cuda" else BenchConfig.bf16_batch)
 
 
 def quick_config(device: str) -> BenchConfig:
@@ -109,7 +113,8 @@ def quick_config(device: str) -> BenchConfig:
                        warmup=1, iters=2, model_batch=4, bf16_batch=1,
                        models=("sa-quadratic", "sa-learned-content", "resnet18"),
                        bf16_models=("sa-quadratic",), peak_size=1024,
-                       dropout_batches=(2, 8), dropout_iters=2)
+                       dropout_batches=(2, 8), dropout_iters=2,
+                       compile_models=())  # compiling takes minutes on a CPU
 
 
 def tiny_config(device: str) -> BenchConfig:
@@ -122,7 +127,8 @@ def tiny_config(device: str) -> BenchConfig:
         model_overrides={"sa-quadratic": small, "sa-learned-content": small,
                          "resnet18": {"base_width": 4}},
         image_size=8, bf16_models=("sa-quadratic",), bf16_batch=1, bf16_min_ratio=0.0,
-        peak_size=64, dropout_batches=(2,), dropout_iters=1, small_network=False)
+        peak_size=64, dropout_batches=(2,), dropout_iters=1, small_network=False,
+        compile_backend="eager")  # the compile path without code generation (seconds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,6 +550,37 @@ def bench_batch_dropout(cfg: BenchConfig, device: torch.device, batch: int) -> d
     return row
 
 
+def bench_compile(cfg: BenchConfig, name: str, device: torch.device) -> dict[str, Any]:
+    """Training images/s of ``name`` eager and under ``torch.compile`` (fp32, fast paths, the
+    model's own dropout), alternating; ``compile_s`` is the first compiled step, compiling
+    included, less one eager step."""
+    overrides = {**cfg.model_overrides.get(name, {}), "image_size": cfg.image_size}
+    torch.manual_seed(0)
+    model = create_model(name, **overrides).to(device).train()
+    batch = cfg.model_batch
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    compiled = torch.compile(model, backend=cfg.compile_backend)  # shares model's parameters
+    steps = {"eager": _train_step(model, opt, x, y, device, "fp32"),
+             "compiled": _train_step(compiled, opt, x, y, device, "fp32")}
+    row: dict[str, Any] = {"model": name, "precision": "fp32", "batch": batch,
+                           "backend": cfg.compile_backend}
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        steps["compiled"]()
+    except Exception as err:  # e.g. no C compiler or Triton: say so, keep the other results
+        return {**row, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    _sync(device)
+    first = time.perf_counter() - start
+    times = interleaved_times(steps, device, cfg.warmup, cfg.iters)
+    return {**row, "compile_s": max(first - times["eager"], 0.0),
+            "eager_train_images_s": batch / times["eager"],
+            "compiled_train_images_s": batch / times["compiled"],
+            "speedup": _ratio(times["eager"], times["compiled"])}
+
+
 SMALL_SA = {"hidden_size": 32, "num_layers": 3, "heads": 9, "ffn_size": 64, "dropout": 0.0,
             "attn_dropout": 0.0}
 """The demo's SA network (``attnconv demo``, configs/cpu/demo-sa-quadratic.yaml)."""
@@ -696,6 +733,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         log(f"batch-shared attention dropout: sa-quadratic fast / plain dense, batch {batch}")
         result["batch_dropout"].append(bench_batch_dropout(cfg, device, batch))
         gc.collect()
+    result["compile"] = []
+    for name in cfg.compile_models:
+        log(f"torch.compile ({cfg.compile_backend}) against eager: {name} training")
+        result["compile"].append(bench_compile(cfg, name, device))
+        gc.collect()
     result["small_network"] = []
     if cfg.small_network:
         log("small network: demo-size SA network against a same-size ResNet18, training")
@@ -789,6 +831,16 @@ def format_result(result: dict[str, Any]) -> str:
                      f"{_num(r['plain_train_images_s'])} | {_num(r['fast_train_images_s'])} | "
                      f"{_num(r['per_image_train_images_s'])} | {_x(r['speedup_vs_plain'])} | "
                      f"{_x(r['speedup_vs_per_image'])} |")
+    if result.get("compile"):
+        lines += ["", "## torch.compile (fp32 training, images/s)", "",
+                  "| model | batch | backend | eager | compiled | compiled / eager | "
+                  "compile time s |", "|---|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['backend']} | "
+                  f"{_num(r.get('eager_train_images_s'))} | "
+                  f"{_num(r.get('compiled_train_images_s'))} | {_x(r.get('speedup'))} | "
+                  f"{_num(r.get('compile_s'), 0)} |" + (f" failed: {r['error']}" if
+                                                       r.get("error") else "")
+                  for r in result["compile"]]
     if result.get("small_network"):
         lines += ["", "## Small network (fp32 training, 28x28 grey, images/s)", "",
                   "| SA network (params) | ResNet18 (params) | batch | SA | SA, mix-then-project "

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to run (default: cpu)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile-against-eager training row (compiling takes "
+                             "minutes)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests
 
 
@@ -43,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
     make = tiny_config if args.tiny else quick_config if args.quick else full_config
-    result = run_bench(make(args.device), log=main_log)
+    cfg = make(args.device)
+    if args.no_compile:
+        cfg.compile_models = ()
+    result = run_bench(cfg, log=main_log)
     if args.json is not None:
         write_json(result, args.json)
     print(format_result(result))
