@@ -71,6 +71,17 @@ def _project_rows(xq: Tensor, wh: Tensor, rexp: Tensor) -> tuple[Tensor, Tensor]
     return z, v
 
 
+def _sum_over_heads(dz: Tensor, wh: Tensor) -> Tensor:
+    """``sum_h dz[h] W_h`` for ``dz (heads, T, O)`` and ``wh = W_h^T (heads, D, O)``: ``(T, D)``.
+
+    The heads made adjacent to the output channels (one copy of ``dz``, in cache), then one GEMM
+    with ``K = heads O``.
+    """
+    heads, tokens, out_dim = dz.shape
+    flat = dz.transpose(0, 1).reshape(tokens, heads * out_dim)  # (T, (h, o))
+    return torch.mm(flat, wh.transpose(1, 2).reshape(heads * out_dim, -1))
+
+
 class ProjectedSeparableAttention(torch.autograd.Function):
     """``y = b_out + sum_h (R_h (x) C_h) x W_out^(h)``, project then mix (module docstring).
 
@@ -141,11 +152,8 @@ class ProjectedSeparableAttention(torch.autograd.Function):
             if grad_wh is not None:  # dW_h^T = xq^T dz_h, K = T
                 xt = xq.view(tokens, dim).t()
                 grad_wh += torch.bmm(xt.expand(heads, dim, tokens), dz).to(acc)
-            if grad_x is not None:  # dxq = sum_h dz_h W_h: one accumulating GEMM per head
-                whT = wh.transpose(1, 2)  # (heads, O, D)
-                gxq = torch.mm(dz[0], whT[0])
-                for h in range(1, heads):
-                    gxq.addmm_(dz[h], whT[h])
+            if grad_x is not None:  # dxq = sum_h dz_h W_h
+                gxq = _sum_over_heads(dz, wh)
                 grad_x[s:e].copy_(gxq.view(width, height, b, dim).permute(2, 1, 0, 3))
 
         grad_row = grad_col = grad_w = grad_b = None
