@@ -19,7 +19,8 @@ chunk of ``c`` images, with ``x`` transposed once to ``xq[l, k, b, :]`` (a copy 
 
 Backward from ``g``: ``dv = Ccat^T g`` and ``dCcat = g v^T`` (GEMMs); ``dz = R^T dv`` and
 ``dR = sum_l dv z^T`` (batched over ``(h, l)``); ``dW_h = xq^T dz_h`` (batched over heads) and
-``dxq = sum_h dz_h W_h`` (one accumulating GEMM per head). Unlike the "mix, then project" kernel
+``dxq = sum_h dz_h W_h`` (one GEMM with ``K = heads O`` after moving the heads next to the
+channels, a copy in cache). Unlike the "mix, then project" kernel
 every product here has a large free dimension (``c O`` or ``H c O`` or ``T = W H c``), and
 only two heads-wide tensors exist per chunk (``z``, ``v``) plus two in the backward pass.
 
