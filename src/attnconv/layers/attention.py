@@ -95,7 +95,8 @@ class SelfAttention2d(nn.Module):
             (positional-only attention; the authors' code, and the default of the paper's
             positional-only models): one mask per forward pass on the ``(heads, HW, HW)``
             probabilities, shared by every image of the batch, survivors scaled by
-            ``1 / (1 - p)`` (:meth:`batch_dropout_mask`). ``"factors"`` (opt-in, separable
+            ``1 / (1 - p)`` (:meth:`batch_dropout_mask`; under data-parallel training each
+            process draws one for its share of the batch). ``"factors"`` (opt-in, separable
             encodings only): every image drops entries of its row and column probabilities
             ``R``, ``C`` instead, which keeps the fast separable path in training; same marginal
             keep probability and expectation, correlated masks (see
