@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnconv.bench import bench_small_network, evaluate_targets, tiny_config
+from attnconv.bench import bench_small_network, evaluate_targets, format_result, tiny_config
 
 
 def test_small_network_row_and_target() -> None:
@@ -21,3 +21,11 @@ def test_small_network_row_and_target() -> None:
     [target] = [t for t in evaluate_targets(result) if "demo-size SA network" in t["target"]]
     assert target["value"] == row["sa_vs_cnn_train"]
     assert target["reached"] == (row["sa_vs_cnn_train"] >= 0.6)
+
+    machine = {"cpu": "test", "cpu_count": 1, "threads": 1, "torch": "-", "device": "cpu"}
+    printed = format_result({
+        **result, "config": {"mode": "test"}, "machine": machine, "notes": [], "seconds": 0.0,
+        "peak": {"fp32_gflops": 1.0, "fp32_size": 8, "bf16_gflops": 1.0, "bf16_size": 8},
+        "targets": evaluate_targets(result)})
+    assert "## Small network" in printed
+    assert f"| sa-quadratic demo ({row['sa_params']}) | resnet18 width 4" in printed
