@@ -25,7 +25,6 @@ from test_reliability_helpers import (
     assert_no_partial_files,
     assert_same_final_state,
     finish,
-    has_step_checkpoint,
     one_line,
     overrides,
     reference_run,
@@ -119,20 +118,26 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_it_unused(tmp_path: Path, 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path, capsys,
                                                           signum: int) -> None:
-    """SIGTERM/SIGINT: checkpoint, exit 128+signal, one line naming the resume command; the
-    resumed run ends bit-identical."""
+    """SIGTERM/SIGINT: the step in progress finishes, a checkpoint is written, exit 128+signal,
+    one line naming the resume command; the resumed run ends bit-identical. The run waits
+    after step 2 until the signal arrives (test hook ``pause``, which says so on stdout), so
+    the signal always lands during step 3."""
     run = tmp_path / "stopped"
-    proc = start_train(overrides(small(tmp_path, "stopped")))
-    wait_until(has_step_checkpoint(run), proc)
+    env = {**ENV, CRASH_RANK_ENV: "0", CRASH_STEP_ENV: "2", CRASH_HOW_ENV: "pause"}
+    proc = start_train(overrides(small(tmp_path, "stopped")), env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # blocks until the hook pauses (or the process ends: fails below)
+        if line.startswith("test hook: paused"):
+            break
     proc.send_signal(signum)
     code, _, err = finish(proc)
     assert code == 128 + signum, err
     line = one_line(err)
-    assert f"interrupted by {signal.Signals(signum).name}" in line
+    assert f"interrupted by {signal.Signals(signum).name} at epoch 1, step 3" in line
     assert f"attnconv train --resume {run}" in line
     saved = Path(line.split("checkpoint saved to ")[1].split(";")[0])
-    assert saved.parent == run / "checkpoints"
-    assert load_checkpoint(saved).meta["progress"]["global_step"] >= 2
+    assert saved == run / "checkpoints" / "step-00000003.safetensors"
+    assert load_checkpoint(saved).meta["progress"]["global_step"] == 3
     assert not (run / "results.json").exists()
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0

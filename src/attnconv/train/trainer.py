@@ -73,7 +73,9 @@ from attnconv.train.state import capture, restore, unwrap
 #: step ``$ATTNCONV_TEST_CRASH_STEP`` (once that many steps and their checkpoints are done),
 #: with ``os._exit(1)`` as a worker killed by the kernel would, or, when
 #: ``$ATTNCONV_TEST_CRASH_HOW`` is ``sigkill``, by sending itself SIGKILL (``kill -9``); with
-#: ``hang`` it stops there without dying (a stuck worker), sleeping until killed.
+#: ``hang`` it stops there without dying (a stuck worker), sleeping until killed; with
+#: ``pause`` it prints ``test hook: paused`` on stdout and waits there for SIGINT/SIGTERM, then
+#: goes on (so a signal test knows the step the signal lands on).
 CRASH_RANK_ENV = "ATTNCONV_TEST_CRASH_RANK"
 CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
 CRASH_HOW_ENV = "ATTNCONV_TEST_CRASH_HOW"
@@ -450,9 +452,15 @@ def _crash_step(rank: int) -> int | None:
     return int(os.environ.get(CRASH_STEP_ENV, "0"))
 
 
-def _crash() -> None:
-    """Die at once, as the test hook asks (no cleanup, no flushing, no exception)."""
+def _crash(stop: _StopFlag) -> None:
+    """Die at once, as the test hook asks (no cleanup, no flushing, no exception), or (pause)
+    wait for a stop signal and return."""
     how = os.environ.get(CRASH_HOW_ENV, "")
+    if how == "pause":
+        print("test hook: paused", flush=True)
+        while stop.signal is None:
+            time.sleep(0.01)
+        return
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
     if how == "hang":  # SIGTERM kills it (torchrun's stop), no checkpoint
@@ -672,7 +680,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 for step in bar if bar is not None else steps:
                     where.update(epoch=epoch, step=step + 1)
                     if crash_at is not None and progress.global_step == crash_at:
-                        _crash()  # test hook: die like a killed worker
+                        _crash(stop)  # test hook: die like a killed worker (or pause)
                     batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                     part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
                     x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
