@@ -183,6 +183,10 @@ def test_memory_estimate_refuses_before_anything_is_written(
     estimate = memory.estimate_training_memory(
         lambda: trainer.build_model(cfg, 10, (1, 28, 28)), (40, 1, 28, 28))
     assert estimate is not None and estimate.params > 0 and estimate.activations > 0
+    half = memory.estimate_training_memory(
+        lambda: trainer.build_model(cfg, 10, (1, 28, 28)), (40, 1, 28, 28), half_precision=True)
+    assert half is not None and half.state == estimate.state
+    assert estimate.activations / 2 <= half.activations < estimate.activations
     limit = estimate.total - 1  # one byte short
     monkeypatch.setattr(memory, "available_memory", lambda _device: limit)
     with pytest.raises(ConfigError, match=rf"needs at least .* GiB to train .* has only "

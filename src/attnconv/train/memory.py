@@ -36,13 +36,15 @@ class MemoryEstimate:
         return self.state + self.activations
 
 
-def estimate_training_memory(build: Callable[[], nn.Module],
-                             batch_shape: tuple[int, ...]) -> MemoryEstimate | None:
+def estimate_training_memory(build: Callable[[], nn.Module], batch_shape: tuple[int, ...],
+                             *, half_precision: bool = False) -> MemoryEstimate | None:
     """Lower bound on the memory of one training step of ``build()`` on a ``batch_shape`` batch.
 
     ``build`` is called under ``torch.device("meta")``, so no weights are allocated. Returns
     None when the model cannot be built on the meta device; the activation part is 0 when
-    its forward pass cannot run there (e.g. it reads tensor values).
+    its forward pass cannot run there (e.g. it reads tensor values). ``half_precision``
+    (bf16/fp16 autocast) counts float32 activations at 2 bytes an element, since autocast may
+    keep them in half precision (autocast does not run on the meta device).
     """
     try:
         with torch.device("meta"):
@@ -51,10 +53,12 @@ def estimate_training_memory(build: Callable[[], nn.Module],
         return None
     params = sum(p.numel() for p in model.parameters())
     state = sum(3 * p.numel() * p.element_size() for p in model.parameters())
-    return MemoryEstimate(params, state, _saved_activation_bytes(model, batch_shape))
+    activations = _saved_activation_bytes(model, batch_shape, half_precision)
+    return MemoryEstimate(params, state, activations)
 
 
-def _saved_activation_bytes(model: nn.Module, batch_shape: tuple[int, ...]) -> int:
+def _saved_activation_bytes(model: nn.Module, batch_shape: tuple[int, ...],
+                            half_precision: bool = False) -> int:
     """Bytes of the tensors autograd keeps for backward in one forward pass (meta device)."""
     seen: dict[int, int] = {}
     keep: list[torch.Tensor] = []  # hold the tensors so that ids are not reused
@@ -62,7 +66,10 @@ def _saved_activation_bytes(model: nn.Module, batch_shape: tuple[int, ...]) -> i
     def pack(t: torch.Tensor) -> torch.Tensor:
         base = t._base if t._base is not None else t
         if not isinstance(base, nn.Parameter) and id(base) not in seen:
-            seen[id(base)] = base.numel() * base.element_size()
+            size = base.element_size()
+            if half_precision and base.dtype == torch.float32:
+                size = 2
+            seen[id(base)] = base.numel() * size
             keep.append(base)
         return t
 

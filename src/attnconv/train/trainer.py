@@ -561,7 +561,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     num_classes = len(data.classes)
     per_rank = cfg.batch_size // dist_info.world_size
     check_fits(estimate_training_memory(lambda: build_model(cfg, num_classes, data.shape),
-                                        (per_rank, *data.shape)),
+                                        (per_rank, *data.shape),
+                                        half_precision=cfg.precision != "fp32"),
                dist_info.device, what=f"{cfg.model} ({cfg.model_args or 'default size'})",
                batch_size=per_rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
