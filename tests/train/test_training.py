@@ -250,3 +250,18 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(wb[name], tensor, atol=1e-5, rtol=1e-4,
                                    msg=lambda m, name=name: f"{name}: {m}\n{report}")
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["world_size"] == 2
+
+
+def test_an_empty_test_split_is_refused_before_training(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = trainer.load_data
+
+    def no_test_images(cfg: object) -> trainer.Data:
+        data = real(cfg)
+        data.test = (data.test[0][:0], data.test[1][:0])
+        return data
+
+    monkeypatch.setattr(trainer, "load_data", no_test_images)
+    with pytest.raises(ConfigError, match="test split of dataset=embedded holds no images"):
+        train(tiny(tmp_path, "a", epochs=1, train_subset=80), log=lambda _m: None)
+    assert not (tmp_path / "a").exists()

@@ -553,6 +553,9 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     data = load_data(cfg)
     n_train = len(data.train[1])
     n_val = len(data.val[1])
+    if len(data.test[1]) == 0:  # caught now, not after training
+        raise ConfigError(f"the test split of dataset={cfg.dataset} holds no images; a run "
+                          f"needs test images to report its accuracy")
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training "
