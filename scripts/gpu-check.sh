@@ -116,7 +116,8 @@ PYTHON
 
 echo "gpu-check: tests on the GPU (at most ${TESTS_S} s) -> tests.log"
 timeout "$TESTS_S" "$PY" -m pytest -p no:cacheprovider -k "$K" --junitxml "$OUT/tests.xml" \
-    tests > "$OUT/tests.log" 2>&1
+    --continue-on-collection-errors tests > "$OUT/tests.log" 2>&1  # a module that cannot be
+# imported here (a missing optional package) fails alone instead of stopping every test
 TESTS_RC=$?
 tail -n 1 "$OUT/tests.log"
 
