@@ -511,11 +511,14 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         # every rank checks before the process group forms, so before any rank can write
         check_run_directory(run_dir, resuming=False, overwrite=overwrite)
     dist_info = distributed.setup(cfg.device, cfg.dist_timeout_s)
+    finished = False
     try:
-        return _run(cfg, run_dir, resume is not None, dist_info, log, progress_bar,
-                    overwrite=overwrite, allow_config_change=allow_config_change)
+        result = _run(cfg, run_dir, resume is not None, dist_info, log, progress_bar,
+                      overwrite=overwrite, allow_config_change=allow_config_change)
+        finished = True
+        return result
     finally:
-        distributed.teardown()
+        distributed.teardown(synchronize=finished)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed.DistInfo,
