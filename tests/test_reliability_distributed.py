@@ -100,3 +100,18 @@ def test_collective_timeout_comes_from_the_config(monkeypatch: pytest.MonkeyPatc
     assert info.rank == 1 and info.world_size == 2
     assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=7.5)}
     assert load_config(None, []).dist_timeout_s == 300
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "failed"])
+def test_teardown_order(monkeypatch: pytest.MonkeyPatch, finished: bool) -> None:
+    """A run that finished meets its peers at a barrier, then collects garbage (the DDP
+    reducer holding the group), then destroys the group; a failed run skips the barrier
+    (a dead peer would make it wait for dist_timeout_s)."""
+    calls: list[str] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.gc, "collect", lambda: calls.append("collect") or 0)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: calls.append("destroy"))
+    distributed.teardown(synchronize=finished)
+    assert calls == (["barrier"] if finished else []) + ["collect", "destroy"]
