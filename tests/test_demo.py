@@ -13,6 +13,7 @@ from attnconv.commands.demo import (
     PAPER_MILESTONES,
     coverage_table,
     demo_config,
+    demo_findings,
     scaled_milestones,
 )
 from attnconv.models import create_model
@@ -58,6 +59,23 @@ def test_coverage_table() -> None:
     lines = coverage_table(rows)
     assert lines[2] == "| 1 | 9 | 1/8 | 6/8 | 9 | 8 |"
     assert lines[3] == "| 2 | 9 | - | 0/8 | - | 2 |"
+
+
+def test_demo_findings_state_the_gap_and_the_coverage() -> None:
+    results = [{"name": "sa-quadratic", "test_accuracy": 0.7100},
+               {"name": "cnn", "test_accuracy": 0.8250}]
+    coverage = [{"layer": 0, "heads": 9, "end_epoch": 8,
+                 "init": {"neighbours_covered": 1, "distinct_centres": 9},
+                 "end": {"neighbours_covered": 2, "distinct_centres": 8}},
+                {"layer": 1, "heads": 9, "end_epoch": 8, "init": None,
+                 "end": {"neighbours_covered": 5, "distinct_centres": 9}}]
+    found = demo_findings(results, coverage)
+    assert found["values"] == {"accuracy_gap_points": 11.5, "first_layer_coverage": [1, 2],
+                               "best_end_coverage": 5}
+    assert "sa-quadratic 0.7100 vs cnn 0.8250, a gap of 11.5 points" in found["lines"][0]
+    assert "1/8 at init -> 2/8 at the end" in found["lines"][1]
+    assert "covers 5/8" in found["lines"][1]
+    assert demo_findings(results, [])["values"]["best_end_coverage"] is None
 
 
 def test_demo_end_to_end_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
