@@ -1,6 +1,11 @@
 """Self-attention layers with the paper's relative positional encodings."""
 
-from attnconv.layers.attention import ENCODINGS, SelfAttention2d
+from attnconv.layers.attention import (
+    ENCODINGS,
+    SelfAttention2d,
+    attention_impl,
+    reference_attention,
+)
 from attnconv.layers.base import RelativeEncoding
 from attnconv.layers.grid import axis_offsets, relative_grid
 from attnconv.layers.learned import LearnedRelativeEncoding
@@ -14,6 +19,8 @@ __all__ = [
     "QuadraticFullEncoding",
     "RelativeEncoding",
     "SelfAttention2d",
+    "attention_impl",
     "axis_offsets",
+    "reference_attention",
     "relative_grid",
 ]

@@ -20,14 +20,17 @@ and every one is tested against the reference (outputs and gradients, float64):
   positional term): ``scaled_dot_product_attention`` on queries and keys augmented by the
   factorised positional logits (:mod:`attnconv.layers.content`).
 
-``impl="reference"`` (or :func:`reference_attention`) forces the reference.
+The choice reads what the encoding declares it can do (:mod:`attnconv.layers.base`:
+``separable``, ``factored``, ``query_dependent``), never its class. One mechanism forces an
+algorithm: a layer's ``impl``, overridden for every layer inside :func:`attention_impl`
+(:func:`reference_attention` is ``attention_impl("reference")``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, overload
 
 import torch
@@ -54,18 +57,35 @@ FUSED_CPU_MIN_TOKENS = 512
 """On a CPU, content attention uses the fused kernel for inference from this many tokens on:
 measured (docs/performance.md) slower than the reference's products at 16x16 tokens, faster
 at 32x32 and 64x64."""
-_FORCE_REFERENCE = False
+_FORCED_IMPL: str | None = None
+"""The ``impl`` every layer runs with inside :func:`attention_impl` (None: each its own)."""
 
 
 @contextlib.contextmanager
-def reference_attention(enabled: bool = True) -> Iterator[None]:
-    """Force every ``SelfAttention2d`` to use the reference computation (for debugging)."""
-    global _FORCE_REFERENCE
-    previous, _FORCE_REFERENCE = _FORCE_REFERENCE, enabled
+def attention_impl(impl: str | None) -> Iterator[None]:
+    """Run every ``SelfAttention2d`` as if built with ``impl=impl`` inside the block.
+
+    ``None`` gives every layer its own ``impl`` back (e.g. inside an outer block). Naming an
+    algorithm that is not exact for a layer makes that layer's forward pass raise
+    ``ValueError``, as ``impl=`` does. Blocks nest; the innermost wins.
+    """
+    global _FORCED_IMPL
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)} (or None)")
+    previous, _FORCED_IMPL = _FORCED_IMPL, impl
     try:
         yield
     finally:
-        _FORCE_REFERENCE = previous
+        _FORCED_IMPL = previous
+
+
+def reference_attention(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Force every ``SelfAttention2d`` to use the reference computation (for debugging).
+
+    ``attention_impl("reference")``; ``enabled=False`` (``attention_impl(None)``) lifts an
+    enclosing block.
+    """
+    return attention_impl("reference" if enabled else None)
 
 
 def _check_positive(name: str, value: int, hint: str) -> None:
@@ -109,9 +129,9 @@ class SelfAttention2d(nn.Module):
         max_size: largest grid of the learned tables (``int`` or ``(H, W)``).
         pos_dim: entry width of the positional-only learned tables; defaults to ``dim``.
         impl: ``"auto"`` picks the fastest exact algorithm; ``"reference"`` always runs the
-            reference computation (also forced globally by :func:`reference_attention`);
-            ``"separable"``, ``"dense"`` or ``"fused"`` force that algorithm (see
-            :meth:`algorithm`).
+            reference computation; ``"separable"``, ``"dense"`` or ``"fused"`` force that
+            algorithm (see :meth:`algorithm`). Overridden for every layer inside
+            :func:`attention_impl` (and :func:`reference_attention`).
     """
 
     def __init__(
@@ -279,6 +299,21 @@ class SelfAttention2d(nn.Module):
                 scores = scores + self.encoding.logits(h, w).to(dtype).unsqueeze(0)
         return scores
 
+    def positional_logits(self, x: Tensor) -> Tensor:
+        """The positional term of :meth:`logits` alone, ``(B', heads, H, W, H, W)``.
+
+        In the same units as inside :meth:`logits`: a query-dependent encoding's
+        ``logits(query=q) / sqrt(qk_dim)`` (``B' = B``), any other its fixed logits
+        (``B' = 1``). Raises ``ValueError`` when the layer has no positional encoding.
+        """
+        _, h, w = self.check_input(x)
+        if self.encoding is None:
+            raise ValueError("this layer has no positional encoding (encoding='none')")
+        if self.content and self.encoding.query_dependent:
+            q, _ = self.queries_keys(x)  # (B, heads, H, W, qk_dim)
+            return self.encoding.logits(h, w, query=q) / math.sqrt(self.qk_dim)
+        return self.encoding.logits(h, w).unsqueeze(0)  # (1, heads, H, W, H, W)
+
     def attention(self, x: Tensor) -> Tensor:
         """Attention probabilities ``(B', heads, H, W, H, W)``, summing to 1 over the keys."""
         logits = self.logits(x)
@@ -297,7 +332,7 @@ class SelfAttention2d(nn.Module):
         """Row ``(heads, H, H)`` and column ``(heads, W, W)`` softmaxes (separable encodings)."""
         assert self.encoding is not None
         with full_precision(self.out.weight.device.type):
-            row, col = self.encoding.axis_logits(height, width)  # type: ignore[attr-defined]
+            row, col = self.encoding.axis_logits(height, width)
             dtype = self._logit_dtype()
             return row.to(dtype).softmax(dim=-1), col.to(dtype).softmax(dim=-1)
 
@@ -388,17 +423,19 @@ class SelfAttention2d(nn.Module):
           ``"reference"`` is the fastest (docs/performance.md).
         * ``"reference"``: also for a learned value projection where no fast path applies.
 
-        ``impl="reference"`` and :func:`reference_attention` force the reference; naming an
-        algorithm in ``impl`` forces it (``ValueError`` if it is not exact for this layer).
+        ``impl="reference"`` forces the reference; naming an algorithm in ``impl`` forces it
+        (``ValueError`` if it is not exact for this layer). :func:`attention_impl` (and
+        :func:`reference_attention`) override ``impl`` for every layer inside the block.
         """
-        if self.impl == "reference" or _FORCE_REFERENCE:
+        impl = self.impl if _FORCED_IMPL is None else _FORCED_IMPL
+        if impl == "reference":
             return "reference"
         applicable = self.applicable_algorithms()
-        if self.impl != "auto":
-            if self.impl not in applicable:
-                raise ValueError(f"impl={self.impl!r} is not exact for this layer in this mode; "
+        if impl != "auto":
+            if impl not in applicable:
+                raise ValueError(f"impl={impl!r} is not exact for this layer in this mode; "
                                  f"applicable: {', '.join(applicable)}")
-            return self.impl
+            return impl
         if "fused" in applicable:
             if self.out.weight.device.type != "cpu":
                 return "fused"
@@ -411,9 +448,16 @@ class SelfAttention2d(nn.Module):
         return "reference"
 
     def applicable_algorithms(self) -> tuple[str, ...]:
-        """Every algorithm that computes this layer exactly in the current mode."""
+        """Every algorithm that computes this layer exactly in the current mode.
+
+        From the encoding's declared capabilities (:mod:`attnconv.layers.base`): ``"fused"``
+        for content attention with no encoding or a ``factored`` one; ``"separable"`` for a
+        ``separable`` one; ``"dense"`` for positional-only attention with identity values.
+        """
         if self.content:
-            return ("fused", "reference")
+            if self.encoding is None or self.encoding.factored:
+                return ("fused", "reference")
+            return ("reference",)
         dropout = self._dropout_active()
         factors = dropout and self.attn_dropout_mode == "factors"
         names = []
@@ -424,19 +468,8 @@ class SelfAttention2d(nn.Module):
         return (*names, "reference")
 
     def _separable(self) -> bool:
-        """True when the positional logits split exactly into a row and a column term."""
-        enc = self.encoding
-        if isinstance(enc, QuadraticEncoding):
-            return True
-        if isinstance(enc, LearnedRelativeEncoding):
-            return not enc.query_dependent
-        if isinstance(enc, QuadraticFullEncoding):
-            # Diagonal Sigma^-1: separable values, but the gradient through the off-diagonal
-            # entry is not, so only when S needs no gradient (see QuadraticFullEncoding).
-            if enc.s.device.type == "meta" or (torch.is_grad_enabled() and enc.s.requires_grad):
-                return False
-            return enc.is_diagonal()
-        return False
+        """True when the positional logits split exactly into a row and a column term now."""
+        return self.encoding is not None and self.encoding.separable
 
     def _fuse_output(self) -> bool:
         """Whether the fast paths may fold ``self.out`` into their own products.
@@ -452,6 +485,26 @@ class SelfAttention2d(nn.Module):
         import torch.nn.modules.module as module_mod
 
         return not (module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+
+    def _mix_and_project(self, x: Tensor,
+                         mix: Callable[[Tensor, Tensor | None, Tensor | None], Tensor]) -> Tensor:
+        """Run a fast path's kernel and the output projection ``W_out, b_out`` (PAPER sec. 1).
+
+        ``mix(x, weight, bias)`` gets ``x`` in the compute dtype and, when the projection may
+        be folded into its products (:meth:`_fuse_output`), ``W_out`` and ``b_out`` in that
+        dtype: it returns ``(B, H, W, out_dim)``; otherwise ``None, None`` and it returns the
+        mixed heads ``(B, H, W, heads D)``, which go through ``self.out`` as a module. The
+        kernel runs under :func:`full_precision` (no autocast inside).
+        """
+        dtype = compute_dtype(x)
+        fuse = self._fuse_output()
+        with full_precision(x.device.type):
+            weight = self.out.weight.to(dtype) if fuse else None
+            bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
+            y = mix(x.to(dtype), weight, bias)
+        if not fuse:
+            y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
+        return y
 
     def _forward_separable(self, x: Tensor,
                            return_attention: bool) -> tuple[Tensor, Tensor | None]:
@@ -469,14 +522,11 @@ class SelfAttention2d(nn.Module):
             mixed = mixed.permute(0, 2, 3, 1, 4).reshape(b, h, w, self.heads * self.head_dim)
             return self.out(mixed), attn
         dtype = compute_dtype(x)
-        fuse = self._fuse_output()
-        with full_precision(x.device.type):
-            weight = self.out.weight.to(dtype) if fuse else None
-            bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
-            y = separable_attention(x.to(dtype), row.to(dtype), col.to(dtype), weight, bias)
-        if not fuse:
-            y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
-        return y, attn
+
+        def mix(xc: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+            return separable_attention(xc, row.to(dtype), col.to(dtype), weight, bias)
+
+        return self._mix_and_project(x, mix), attn
 
     def _forward_dense(self, x: Tensor, return_attention: bool) -> tuple[Tensor, Tensor | None]:
         _, h, w, _ = x.shape
@@ -487,25 +537,22 @@ class SelfAttention2d(nn.Module):
             logits = self._factored_logits(h, w, query_major=True)  # (H, W, heads, H, W)
             probs = softmax_attention(logits)  # (H, W, heads, H, W)
         attn = probs.permute(2, 0, 1, 3, 4)  # (heads, H, W, H, W), a view
-        dtype = compute_dtype(x)
         p = self.attn_dropout.p if self._dropout_active() else 0.0
-        fuse = self._fuse_output()
-        with full_precision(x.device.type):
+
+        def mix(xc: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+            dropout = p
             stacked = probs.view(n, self.heads, n)  # (q, heads, k)
-            if p > 0 and self.attn_dropout_mode == "batch":
+            if dropout > 0 and self.attn_dropout_mode == "batch":
                 # One mask for the whole batch (the reference's): the left factor stays shared.
                 mask = self.batch_dropout_mask(n, device=probs.device, dtype=probs.dtype)
-                stacked, p = stacked * mask.transpose(0, 1), 0.0  # (q, heads, k), contiguous
-            shared = stacked.to(dtype).transpose(0, 1)  # (heads, N, N), a view
-            weight = self.out.weight.to(dtype) if fuse else None
-            bias = self.out.bias.to(dtype) if fuse and self.out.bias is not None else None
+                stacked, dropout = stacked * mask.transpose(0, 1), 0.0  # (q, heads, k)
+            shared = stacked.to(xc.dtype).transpose(0, 1)  # (heads, N, N), a view
             # With one matrix for the batch, m is kept for dW_out (as nn.Linear keeps its input):
             # faster training steps than recomputing it, for B N heads D more memory
             # (measured in docs/performance.md).
-            y = shared_attention(x.to(dtype), shared, weight, bias, dropout=p, save_mixed=True)
-        if not fuse:
-            y = self.out(y)  # y was the mixed heads (B, H, W, heads D)
-        return y, (attn.unsqueeze(0) if return_attention else None)
+            return shared_attention(xc, shared, weight, bias, dropout=dropout, save_mixed=True)
+
+        return self._mix_and_project(x, mix), (attn.unsqueeze(0) if return_attention else None)
 
     def _factored_logits(self, height: int, width: int, *, query_major: bool = False) -> Tensor:
         """Positional logits as key-row + key-column (+ cross) terms.
@@ -517,11 +564,11 @@ class SelfAttention2d(nn.Module):
         """
         assert self.encoding is not None
         dtype = self._logit_dtype()
-        factors = getattr(self.encoding, "query_key_factors", None)
-        if factors is None:
+        if not self.encoding.factored:
             logits = self.encoding.logits(height, width).to(dtype)
             return logits.permute(1, 2, 0, 3, 4).contiguous() if query_major else logits
-        row, col, cross = factors(height, width)  # (heads, H, W, H), (heads, H, W, W), (heads,)
+        # (heads, H, W, H), (heads, H, W, W), (heads,) or None
+        row, col, cross = self.encoding.query_key_factors(height, width)
         row, col = row.to(dtype), col.to(dtype)
         if query_major:
             row, col = row.permute(1, 2, 0, 3), col.permute(1, 2, 0, 3)  # (H, W, heads, .)
@@ -548,10 +595,10 @@ class SelfAttention2d(nn.Module):
             # content_attention scales every score by 1/sqrt(d) inside the kernel: the learned
             # relative scores share the content's scale (reference), a batch-shared positional
             # term G enters as sqrt(d) G.
-            if isinstance(enc, LearnedRelativeEncoding) and enc.query_dependent:
-                row, col = enc.relative_logits(q.to(ldtype))  # (B, heads, H, W, H|W)
+            if enc is not None and enc.query_dependent:
+                row, col = enc.query_axis_logits(q.to(ldtype))  # (B, heads, H, W, H|W)
             elif enc is not None:
-                row, col, cross = enc.query_key_factors(h, w)  # type: ignore[attr-defined]
+                row, col, cross = enc.query_key_factors(h, w)
                 unscale = math.sqrt(self.qk_dim)
                 row = row.to(ldtype).unsqueeze(0) * unscale
                 col = col.to(ldtype).unsqueeze(0) * unscale

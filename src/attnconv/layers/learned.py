@@ -75,6 +75,10 @@ class LearnedRelativeEncoding(RelativeEncoding):
             per-head score vectors get ``nn.Linear``'s default init (see :meth:`reset_parameters`).
     """
 
+    factored = True
+    """Positional-only: :meth:`query_key_factors` (the base class's broadcast of
+    :meth:`axis_logits`); query-dependent: :meth:`query_axis_logits`."""
+
     def __init__(
         self,
         heads: int,
@@ -132,6 +136,11 @@ class LearnedRelativeEncoding(RelativeEncoding):
         col_idx = axis_offsets(width, device=device) + self.max_width - 1  # (W, W)
         return self.row_embeddings[row_idx], self.col_embeddings[col_idx]
 
+    @property
+    def separable(self) -> bool:
+        """Positional-only: a row score plus a column score. Query-dependent: not separable."""
+        return not self.query_dependent
+
     def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Positional-only separable form: row ``(heads, H, H)`` and column ``(heads, W, W)``."""
         if self.query_dependent:
@@ -141,15 +150,9 @@ class LearnedRelativeEncoding(RelativeEncoding):
         col = torch.einsum("hd,jld->hjl", self.col_score, r_col)  # (heads, W, W)
         return row, col
 
-    def query_key_factors(self, height: int, width: int) -> tuple[Tensor, Tensor, None]:
-        """Positional-only logits as a key-row plus a key-column term (see :mod:`.content`).
-
-        Returns ``row (heads, H, W, H)``, ``col (heads, H, W, W)`` (broadcast views) and no
-        cross term.
-        """
-        row, col = self.axis_logits(height, width)  # (heads, H, H), (heads, W, W)
-        return (row[:, :, None, :].expand(self.heads, height, width, height),
-                col[:, None, :, :].expand(self.heads, height, width, width), None)
+    def query_axis_logits(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """Query-dependent row and column scores: :meth:`relative_logits`."""
+        return self.relative_logits(query)
 
     def relative_logits(self, query: Tensor) -> tuple[Tensor, Tensor]:
         """Query-dependent row and column scores by "relative logits" (no big gather).

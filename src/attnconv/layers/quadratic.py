@@ -44,7 +44,12 @@ class QuadraticEncoding(RelativeEncoding):
     ``alpha_h = exp(log_alpha_h)`` stays positive by construction. Initialisation (PAPER
     section 3): centres ``N(0, 2^2)`` per coordinate; widths ``sigma = 1 + N(0, 0.01^2)`` with
     ``alpha = 1 / (2 sigma^2)``, i.e. ``alpha ~ 1/2``.
+
+    Separable (:meth:`axis_logits`) and factored (:meth:`query_key_factors`, the base class's
+    broadcast of the axis logits: ``row[h, i, j, k] = -alpha (k - i - D_1)^2``, no cross term).
     """
+
+    factored = True
 
     def __init__(self, heads: int, *, center_std: float = 2.0, width_std: float = 0.01) -> None:
         super().__init__()
@@ -66,6 +71,11 @@ class QuadraticEncoding(RelativeEncoding):
         dist2 = (d_row - c[:, 0]) ** 2 + (d_col - c[:, 1]) ** 2  # (heads, H, W, H, W)
         return -self.alpha.view(self.heads, 1, 1, 1, 1) * dist2
 
+    @property
+    def separable(self) -> bool:
+        """Always: the squared distance splits into a row and a column term."""
+        return True
+
     def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """The separable form: row ``(heads, H, H)`` and column ``(heads, W, W)`` logits.
 
@@ -78,16 +88,6 @@ class QuadraticEncoding(RelativeEncoding):
         row = -alpha * (rows - self.centers[:, 0, None, None]) ** 2  # (heads, H, H)
         col = -alpha * (cols - self.centers[:, 1, None, None]) ** 2  # (heads, W, W)
         return row, col
-
-    def query_key_factors(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The logits as a key-row term plus a key-column term (see :mod:`.content`).
-
-        Returns ``row (heads, H, W, H)`` with ``row[h, i, j, k] = -alpha (k - i - D_1)^2``,
-        ``col (heads, H, W, W)`` likewise, and no cross term (``None``). Broadcast views.
-        """
-        row, col = self.axis_logits(height, width)  # (heads, H, H), (heads, W, W)
-        return (row[:, :, None, :].expand(self.heads, height, width, height),
-                col[:, None, :, :].expand(self.heads, height, width, width), None)
 
     def gaussian_parameters(self) -> GaussianHeads:
         """Centres, ``Sigma^-1 = 2 alpha I`` and ``alpha``, detached, in pixels."""
@@ -120,7 +120,12 @@ class QuadraticFullEncoding(RelativeEncoding):
     ``v_h^T r_delta`` with ``r_delta = (delta_1, delta_2, delta_1^2, delta_2^2, delta_1 delta_2)``
     (D_p = 5), equal to ours up to a per-head constant. Initialisation: centres ``N(0, 2^2)``,
     ``S = I + N(0, 0.01^2)``.
+
+    Factored (:meth:`query_key_factors`, exact with a rank-one cross term); separable only while
+    ``Sigma^-1`` is exactly diagonal and ``S`` needs no gradient (:attr:`separable`).
     """
+
+    factored = True
 
     def __init__(self, heads: int, *, center_std: float = 2.0, s_std: float = 0.01) -> None:
         super().__init__()
@@ -152,13 +157,25 @@ class QuadraticFullEncoding(RelativeEncoding):
         off = self.inv_covariance[:, 0, 1]
         return bool((off == 0).all())
 
+    @property
+    def separable(self) -> bool:
+        """True when :meth:`axis_logits` is exact for the value and the gradient.
+
+        A diagonal ``Sigma^-1`` (:meth:`is_diagonal`) gives separable values, but the gradient
+        through the off-diagonal entry is not separable, so only when ``S`` needs no gradient
+        (``torch.no_grad()`` or ``S`` frozen). Never on the ``meta`` device (no values).
+        """
+        if self.s.device.type == "meta" or (torch.is_grad_enabled() and self.s.requires_grad):
+            return False
+        return self.is_diagonal()
+
     def axis_logits(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Separable form for a diagonal ``Sigma^-1`` (check :meth:`is_diagonal` first).
 
         ``-1/2 [m00 (delta_1 - D_1)^2 + m11 (delta_2 - D_2)^2]`` as row ``(heads, H, H)`` and
         column ``(heads, W, W)`` logits. The cross term ``-m01 (delta_1 - D_1)(delta_2 - D_2)``
         is left out: exact for the value (``m01 = 0``) but not for the gradient with respect to
-        ``S`` (``d logit / d m01 != 0``), so layers use it only when ``S`` needs no gradient.
+        ``S`` (``d logit / d m01 != 0``), so layers use it only when :attr:`separable`.
         """
         m = self.inv_covariance  # (heads, 2, 2)
         rows = axis_offsets(height, device=self.centers.device).to(self.centers.dtype)
