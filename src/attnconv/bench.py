@@ -48,7 +48,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 import attnconv
 from attnconv.flops import count_macs
-from attnconv.layers import SelfAttention2d
+from attnconv.layers import SelfAttention2d, attention_impl
 from attnconv.models import create_model
 
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "learned+content",
@@ -356,19 +356,6 @@ def bench_layer_size(cfg: BenchConfig, side: int, batch: int,
 # --------------------------------------------------------------------------------------------
 # Model level
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _attention_impl(model: nn.Module, impl: str) -> Iterator[None]:
-    layers = [m for m in model.modules() if isinstance(m, SelfAttention2d)]
-    previous = [m.impl for m in layers]
-    for m in layers:
-        m.impl = impl
-    try:
-        yield
-    finally:
-        for m, p in zip(layers, previous, strict=True):
-            m.impl = p
-
-
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -418,7 +405,7 @@ def bench_model(cfg: BenchConfig, name: str, variant: dict[str, Any], device: to
         step = _train_step(model, opt, x, y, device, precision)
 
         def run() -> None:
-            with _attention_impl(model, impl):
+            with attention_impl(impl):
                 model.train()
                 step()
         return run
@@ -427,7 +414,7 @@ def bench_model(cfg: BenchConfig, name: str, variant: dict[str, Any], device: to
         forward = _infer(model, x, device, precision)
 
         def run() -> None:
-            with _attention_impl(model, impl):
+            with attention_impl(impl):
                 model.eval()
                 forward()
         return run
@@ -438,7 +425,7 @@ def bench_model(cfg: BenchConfig, name: str, variant: dict[str, Any], device: to
         row[f"{key}_train_images_s"] = batch / train_s[key]
         row[f"{key}_infer_images_s"] = batch / infer_s[key]
         row[f"{key}_train_peak_bytes"] = peak_memory(train(impl), device)
-        with _attention_impl(model, impl):
+        with attention_impl(impl):
             macs = _model_macs(model, image, "reference" if impl == "reference" else "fast")
         row[f"{key}_macs_per_image"] = macs
         row[f"{key}_train_gflops"] = 3 * 2 * macs * row[f"{key}_train_images_s"] / 1e9

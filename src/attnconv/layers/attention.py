@@ -176,10 +176,6 @@ class SelfAttention2d(nn.Module):
                              'positional-only attention (content=False); content attention '
                              'differs per image: use attn_dropout_mode="probabilities" (the '
                              'only valid mode with content=True)')
-        if attn_dropout_mode == "factors" and (content or encoding not in ("quadratic",
-                                                                           "learned")):
-            raise ValueError('attn_dropout_mode="factors" needs separable positional-only '
-                             'attention (encoding "quadratic" or "learned", content=False)')
         if value_proj is None:
             value_proj = head_dim != dim
         if not value_proj and head_dim != dim:
@@ -200,6 +196,9 @@ class SelfAttention2d(nn.Module):
             self.query = self.key = None
         self.encoding: RelativeEncoding | None = self._make_encoding(
             encoding, content, max_size, pos_dim)
+        if attn_dropout_mode == "factors" and (content or not self._separable_in_training()):
+            raise ValueError('attn_dropout_mode="factors" needs separable positional-only '
+                             'attention (encoding "quadratic" or "learned", content=False)')
         self.attn_dropout = nn.Dropout(attn_dropout)
         self.out = nn.Linear(heads * head_dim, out_dim)  # W_out, b_out
 
@@ -466,6 +465,11 @@ class SelfAttention2d(nn.Module):
         if self.value is None and not factors:
             names.append("dense")
         return (*names, "reference")
+
+    def _separable_in_training(self) -> bool:
+        """True when the encoding is separable while its parameters get gradients."""
+        with torch.enable_grad():
+            return self._separable()
 
     def _separable(self) -> bool:
         """True when the positional logits split exactly into a row and a column term now."""

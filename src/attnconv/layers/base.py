@@ -17,7 +17,8 @@ How to add an encoding
      :attr:`~RelativeEncoding.separable` whenever they are exact for the value *and* the
      gradient (it may depend on the parameters and the grad mode, as for a diagonal
      ``Sigma^-1``). Positional-only layers then run ``"separable"`` where the dropout mode
-     allows; :meth:`~RelativeEncoding.query_key_factors` defaults to their broadcast.
+     allows, accept ``attn_dropout_mode="factors"`` if it is separable with gradients on, and
+     :meth:`~RelativeEncoding.query_key_factors` defaults to the broadcast of the axis logits.
    * positional-only logits that are key-row + key-column (+ a rank-one cross) terms for every
      query: implement :meth:`~RelativeEncoding.query_key_factors` and set ``factored = True``.
      The ``"dense"`` path then builds the logits by broadcast additions and content attention
@@ -26,8 +27,15 @@ How to add an encoding
      :meth:`~RelativeEncoding.query_axis_logits` (row and column scores of every query) and set
      ``factored = True`` for ``"fused"``.
 3. Register the name: ``ENCODINGS`` and ``SelfAttention2d._make_encoding`` in
-   :mod:`attnconv.layers.attention` (the only two places), then extend the table of
-   tests/layers/test_algorithm_table.py with the new rows.
+   :mod:`attnconv.layers.attention` (the only two places; the algorithm choice needs no
+   edit), then add the new rows to the table of tests/layers/test_algorithm_table.py
+   (regenerate it and check the new rows by hand) and the encoding to the fast-path tests.
+
+The choice (:meth:`SelfAttention2d.applicable_algorithms`, then
+:meth:`SelfAttention2d.algorithm`): content attention runs ``"fused"`` if there is no encoding
+or it is ``factored`` (on a CPU only for inference over enough tokens), else the reference;
+positional-only attention runs ``"separable"`` if the encoding is :attr:`separable` now and
+the dropout mode allows it, else ``"dense"`` (identity values), else the reference.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -119,14 +118,7 @@ def positional_logits(layer: SelfAttention2d, x: Tensor) -> Tensor:
     Raises:
         ValueError: the layer has no positional encoding.
     """
-    _, h, w = layer.check_input(x)
-    encoding = layer.encoding
-    if encoding is None:
-        raise ValueError("this layer has no positional encoding (encoding='none')")
-    if layer.content and encoding.query_dependent:
-        q, _ = layer.queries_keys(x)  # (B, heads, H, W, qk_dim)
-        return encoding.logits(h, w, query=q) / math.sqrt(layer.qk_dim)
-    return encoding.logits(h, w).unsqueeze(0)  # (1, heads, H, W, H, W)
+    return layer.positional_logits(x)  # the layer's own (SelfAttention2d.positional_logits)
 
 
 @contextlib.contextmanager
