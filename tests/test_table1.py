@@ -1,4 +1,4 @@
-"""MAC counting (attnconv.flops) and the ``attnconv table1`` command."""
+"""MAC counting (attnconv.flops), Table 1 (attnconv.analysis.table1), ``attnconv table1``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from attnconv.analysis.table1 import PAPER_TABLE1
 from attnconv.cli import main
-from attnconv.commands.table1 import PAPER_TABLE1
 from attnconv.flops import (
     EXTRA_FLOP_FORMULAS,
     ComputeCost,

@@ -81,7 +81,7 @@ def summarise_run(run_dir: str | Path) -> RunSummary:
         CheckpointError: no readable checkpoint.
     """
     from attnconv.analysis.record import attention_layers
-    from attnconv.commands.table1 import PAPER_TABLE1, PaperRow, read_run
+    from attnconv.analysis.table1 import PAPER_TABLE1, PaperRow, read_run
     from attnconv.flops import count_macs
     from attnconv.models import create_model
     from attnconv.train.checkpoint import read_meta
