@@ -18,14 +18,20 @@ matching columns of ``W_out`` (and rows of the value/query/key projections), not
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from attnconv.errors import ConfigError
 from attnconv.layers import SelfAttention2d
+
+if TYPE_CHECKING:
+    from attnconv.train.config import TrainConfig
 
 MIN_EIGENVALUE = 1e-5
 """A head whose largest eigenvalue of ``Sigma^-1`` is below this is pruned as too wide.
@@ -171,3 +177,45 @@ def prune_model(model: nn.Module, verdicts: list[HeadVerdict]) -> nn.Module:
     if config is not None and hasattr(config, "heads"):
         config.heads = counts
     return pruned
+
+
+# Checkpoint metadata of the source run that does not carry over to the pruned run: its
+# resumable state (optimiser, schedule, scaler, progress, data order) and what save_checkpoint
+# writes itself (format, digest).
+SOURCE_ONLY_META = ("sha256", "format", "optimizer", "scheduler", "scaler", "progress", "data")
+
+
+def write_pruned_run(pruned: nn.Module, meta: dict[str, Any], verdicts: list[HeadVerdict],
+                     out: str | Path, *, source: str | Path, epochs: int,
+                     lr: float | None = None) -> TrainConfig:
+    """Write ``pruned`` as a new run directory ``out`` that ``attnconv train --resume`` continues.
+
+    ``meta`` is the source checkpoint's metadata (its ``config`` is the starting point). The run
+    is named after ``out``, records the per-layer head counts in ``model_args.heads``, trains for
+    ``max(epochs, 1)`` epochs at ``lr`` (default: the source run's lr / 10, as the authors' pruned
+    run) with a fresh optimiser and schedule. Writes ``config.yaml``, the pruned weights as the
+    run's only checkpoint (``checkpoints/step-00000000.safetensors``, with ``pruned_from`` and
+    ``pruned_heads``) and every verdict to ``pruning.json``. Returns the run's config.
+    """
+    from attnconv.train import save_checkpoint
+    from attnconv.train.config import config_from_dict
+    from attnconv.train.state import capture
+    from attnconv.train.trainer import Progress
+
+    out = Path(out)
+    heads = [layer.heads for layer in pruned.attention_layers()]
+    cfg_dict = dict(meta["config"])
+    cfg_dict.update(name=out.name, out_dir=str(out.parent),
+                    model_args={**cfg_dict.get("model_args", {}), "heads": heads},
+                    epochs=max(epochs, 1), lr=lr if lr is not None else cfg_dict["lr"] / 10)
+    cfg = config_from_dict(cfg_dict)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    tensors, rng_meta = capture(pruned, None, None, None)
+    save_checkpoint(out / "checkpoints" / "step-00000000.safetensors", tensors,
+                    {**{k: v for k, v in meta.items() if k not in SOURCE_ONLY_META},
+                     **rng_meta, "config": cfg.to_dict(), "model_args": cfg.model_args,
+                     "progress": asdict(Progress()), "pruned_from": str(source),
+                     "pruned_heads": [asdict(v) for v in verdicts if not v.keep]})
+    (out / "pruning.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2))
+    return cfg

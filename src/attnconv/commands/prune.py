@@ -11,8 +11,6 @@ and ``attnconv train --resume OUT`` does the same later.
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 NAME = "prune"
@@ -69,11 +67,9 @@ def run(args: argparse.Namespace) -> int:
     """Classify heads, write the pruned run, optionally fine-tune it."""
     import torch
 
-    from attnconv.prune import head_verdicts, prune_model
-    from attnconv.train import save_checkpoint, train
-    from attnconv.train.config import config_from_dict
+    from attnconv.prune import head_verdicts, prune_model, write_pruned_run
+    from attnconv.train import train
     from attnconv.train.model_io import load_model
-    from attnconv.train.state import capture
 
     check_arguments(args)
     model, meta = load_model(args.checkpoint)
@@ -91,27 +87,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pruned = prune_model(model, verdicts)
     heads = [layer.heads for layer in pruned.attention_layers()]
-    cfg_dict = dict(meta["config"])
-    cfg_dict.update(name=out.name, out_dir=str(out.parent),
-                    model_args={**cfg_dict.get("model_args", {}), "heads": heads},
-                    epochs=max(args.finetune_epochs, 1),
-                    lr=args.lr if args.lr is not None else cfg_dict["lr"] / 10)
-    cfg = config_from_dict(cfg_dict)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    tensors, rng_meta = capture(pruned, None, None, None)
-    from attnconv.train.trainer import Progress
-
-    progress = asdict(Progress())
-    save_checkpoint(out / "checkpoints" / "step-00000000.safetensors", tensors,
-                    {**{k: v for k, v in meta.items() if k not in ("sha256", "format",
-                                                                    "optimizer", "scheduler",
-                                                                    "scaler", "progress",
-                                                                    "data")},
-                     **rng_meta, "config": cfg.to_dict(), "model_args": cfg.model_args,
-                     "progress": progress, "pruned_from": str(args.checkpoint),
-                     "pruned_heads": [asdict(v) for v in verdicts if not v.keep]})
-    (out / "pruning.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2))
+    cfg = write_pruned_run(pruned, meta, verdicts, out, source=args.checkpoint,
+                           epochs=args.finetune_epochs, lr=args.lr)
     print(f"pruned model ({heads} heads per layer, "
           f"{sum(p.numel() for p in pruned.parameters()):,} parameters) written to {out}")
     if args.finetune_epochs > 0:
