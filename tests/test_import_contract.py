@@ -1,6 +1,6 @@
 """The import contract: attnconv's packages form layers and imports only go downwards.
 
-    errors -> atomic, textable -> layers, data -> models, theorem -> train, flops
+    errors -> atomic, suggest, textable -> layers, data -> models, theorem -> train, flops
            -> analysis, bench, prune -> commands -> cli -> __main__
 
 A module may import its own top-level package and any package of a lower layer; packages of
@@ -23,10 +23,10 @@ PACKAGE = "attnconv"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # Lowest first. The root package itself ("") is the facade, importable from every layer; above
-# the exceptions come small utilities every layer may use (atomic writes, text tables).
+# the exceptions come small utilities every layer may use (atomic writes, suggestions, text tables).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "errors"),
-    ("atomic", "textable"),
+    ("atomic", "suggest", "textable"),
     ("layers", "data"),
     ("models", "theorem"),
     ("train", "flops"),
