@@ -32,6 +32,7 @@ from urllib.parse import quote
 import torch
 
 from attnconv.errors import ConfigError
+from attnconv.textable import markdown_table
 
 DEFAULT_IMAGES = 100
 DEFAULT_EXPLORER_IMAGES = 20
@@ -409,10 +410,9 @@ TEXT_COLUMNS = {"run", "model", "data", "attention"}  # left-aligned; numbers go
 
 def _md_table(rows: Sequence[dict[str, str]], header: Mapping[str, str]) -> list[str]:
     keys = list(header)
-    lines = ["| " + " | ".join(header[k] for k in keys) + " |",
-             "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k in keys) + "|"]
-    lines += ["| " + " | ".join(md_text(r[k]) for k in keys) + " |" for r in rows]
-    return lines
+    return markdown_table([header[k] for k in keys],
+                          [[md_text(r[k]) for k in keys] for r in rows],
+                          ["left" if k in TEXT_COLUMNS else "right" for k in keys])
 
 
 def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,

@@ -21,6 +21,7 @@ from attnconv.errors import ConfigError
 from attnconv.flops import EXTRA_FLOP_FORMULAS, format_count, model_cost
 from attnconv.models import list_models
 from attnconv.models.registry import did_you_mean
+from attnconv.textable import markdown_table
 
 __all__ = ["COLUMNS", "IMAGE_SHAPE", "NUM_CLASSES", "PAPER_TABLE1", "PaperRow", "RunResult",
            "build_table", "read_run", "to_markdown"]
@@ -204,9 +205,9 @@ def to_markdown(table: dict[str, Any]) -> str:
     """The table as GitHub Markdown, followed by its notes."""
     keys = [k for k in COLUMNS if k != "measured_accuracy"
             or any("measured_accuracy" in row for row in table["rows"])]
-    lines = ["| " + " | ".join(COLUMNS[k] for k in keys) + " |",
-             "|" + "|".join("---" if k == "model" else "---:" for k in keys) + "|"]
-    lines += ["| " + " | ".join(_cell(k, row) for k in keys) + " |" for row in table["rows"]]
+    lines = markdown_table([COLUMNS[k] for k in keys],
+                           [[_cell(k, row) for k in keys] for row in table["rows"]],
+                           ["left" if k == "model" else "right" for k in keys])
     c, h, w = table["image_shape"]
     lines += ["", f"Per image of {h}x{w}x{c}, {table['num_classes']} classes."]
     lines += [f"- {note}" for note in table["notes"]]

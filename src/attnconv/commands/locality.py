@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         token_stride,
     )
     from attnconv.analysis.figures import run_directory
-    from attnconv.theorem import format_table
+    from attnconv.textable import plain_table
     from attnconv.train.model_io import load_model
 
     model, meta = load_model(args.checkpoint)
@@ -155,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
               else "positional attention (no image needed)")
     print(f"{meta['model']}: {len(layers)} attention layers, {rows[0]['grid_rows']}x"
           f"{rows[0]['grid_cols']} tokens, 1 token = {stride} input pixels; {source}")
-    print(format_table([{TABLE[k]: v for k, v in table_row(r).items()} for r in rows]))
+    print(plain_table([{TABLE[k]: v for k, v in table_row(r).items()} for r in rows]))
     print("\nper layer (mean over heads):")
-    print(format_table(layer_means(rows)))
+    print(plain_table(layer_means(rows)))
     run_dir = run_directory(args.checkpoint)
     coverage = coverage_rows(rows, run_dir)
     if coverage:
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ngrid coverage of the Gaussian heads (3x3 neighbours with a head centre closer "
               f"than {COVER_RADIUS} token, of 8; distinct centres: closer than {COVER_RADIUS} "
               f"count as one; init: before training, from heads.jsonl):")
-        print(format_table([{COVERAGE_LABELS[k]: v for k, v in coverage_cells(c).items()}
+        print(plain_table([{COVERAGE_LABELS[k]: v for k, v in coverage_cells(c).items()}
                             for c in coverage]))
     out = args.out or run_dir or Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from attnconv.prune import head_verdicts, prune_model, write_pruned_run
+    from attnconv.textable import markdown_table
     from attnconv.train import train
     from attnconv.train.model_io import load_model
 
@@ -75,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint)
     verdicts = head_verdicts(model, min_eigenvalue=args.min_eigenvalue,
                              max_condition=args.max_condition)
-    print("| layer | head | centre (row, col) | eig min | eig max | condition | verdict |")
-    print("|---:|---:|---|---:|---:|---:|---|")
-    for v in verdicts:
-        print(f"| {v.layer} | {v.head} | ({v.center_row:+.2f}, {v.center_col:+.2f}) | "
-              f"{v.eig_min:.3g} | {v.eig_max:.3g} | {v.condition:.3g} | {v.reason} |")
+    print("\n".join(markdown_table(
+        ["layer", "head", "centre (row, col)", "eig min", "eig max", "condition", "verdict"],
+        [[str(v.layer), str(v.head), f"({v.center_row:+.2f}, {v.center_col:+.2f})",
+          f"{v.eig_min:.3g}", f"{v.eig_max:.3g}", f"{v.condition:.3g}", v.reason]
+         for v in verdicts],
+        ["right", "right", "left", "right", "right", "right", "left"])))
     pruned_count = sum(not v.keep for v in verdicts)
     print(f"\n{pruned_count} of {len(verdicts)} heads are degenerate")
     if args.dry_run:

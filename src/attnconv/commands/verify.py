@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnconv.theorem import TOLERANCES, exact_alpha, format_table
+from attnconv.textable import plain_table
+from attnconv.theorem import TOLERANCES, exact_alpha
 from attnconv.theorem.verify import CASES, CaseResult, error_curve, run_case, sample_image
 
 NAME = "verify"
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Theorem 1: {len(results)} random convolutions on a "
           f"{args.size}x{args.size} photograph, {args.dtype}, alpha = {exact_alpha(dtype):.1f}, "
           f"pass if max rel error <= {tolerance:g}")
-    print(format_table([r.row() for r in results]))
+    print(plain_table([r.row() for r in results]))
     curve = error_curve(image, args.seed)
     print("\nerror vs alpha (3x3 conv, 24x24 crop): " + ", ".join(
         f"{r['alpha']:.3g}: {r['max_rel_error']:.1e}" for r in curve))

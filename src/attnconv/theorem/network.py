@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+from attnconv.textable import plain_table as format_table  # re-exported by attnconv.theorem
 from attnconv.theorem.conv_attention import ConvAttention, conv_to_attention
 
 logger = logging.getLogger(__name__)
@@ -17,28 +17,6 @@ SUMMARY_COLUMNS = ("module", "type", "in_channels", "out_channels", "kernel_size
                    "padding", "dilation", "groups", "padding_mode", "heads")
 # Conv-like layers Theorem 1's construction does not cover; convert_model leaves them alone.
 _LEFT_ALONE = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def format_cell(value: Any) -> str:
-    """Compact text for one table cell (short floats, tuples without spaces)."""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, tuple):
-        return "(" + ",".join(format_cell(v) for v in value) + ")"
-    return str(value)
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A plain-text table with one line per row and aligned columns."""
-    if not rows:
-        return "(empty)"
-    columns = list(columns or rows[0].keys())
-    cells = [[format_cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def conversion_summary(model: nn.Module) -> list[dict[str, Any]]:
