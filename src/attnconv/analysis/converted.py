@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnconv.atomic import atomic_write_text
+
 FILE_NAME = "theorem1.json"
 ROW_LABEL = "cnn -> attention (Theorem 1)"
 ANY_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -148,7 +150,7 @@ def check_run(run_dir: str | Path, *, images: int | None = None, data_dir: str |
 def write_check(run_dir: str | Path, check: ConversionCheck) -> Path:
     """Write ``theorem1.json`` into ``run_dir``; returns its path."""
     path = Path(run_dir) / FILE_NAME
-    path.write_text(json.dumps(check.as_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(check.as_dict(), indent=2) + "\n")
     return path
 
 

@@ -34,12 +34,14 @@ from torch import Tensor, nn
 
 from attnconv.analysis.record import (
     attention_layers,
+    display_layout,
     eval_mode,
     load_test_images,
     positional_attention,
     record_attention,
     token_grid,
 )
+from attnconv.atomic import atomic_savefig
 from attnconv.layers import SelfAttention2d
 
 if TYPE_CHECKING:
@@ -63,8 +65,8 @@ def _save(fig: Figure, out: str | Path, stem: str) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=DPI)
-    fig.savefig(paths[1])
+    atomic_savefig(fig, paths[0], dpi=DPI)
+    atomic_savefig(fig, paths[1])
     return paths
 
 
@@ -448,9 +450,7 @@ def _display_images(display: Tensor | None, images: Tensor) -> np.ndarray:
     else:
         x = display.detach().cpu().double()
         x = x / 255.0 if display.dtype == torch.uint8 else x
-    if x.shape[1] not in (1, 3):
-        x = x.mean(dim=1, keepdim=True)  # not grey, not RGB: show the channel mean
-    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    return display_layout(x).clamp(0, 1).numpy()  # (N, H, W, C)
 
 
 def plot_content_attention(model: nn.Module, images: Tensor, out: str | Path, *,
@@ -613,17 +613,15 @@ def conversion_error_curve(alphas: Sequence[float] | None = None, *, seed: int =
     """Errors of the attention version of a random 3x3 conv for each width ``alpha``.
 
     A seeded ``Conv2d(3, 4, 3, padding=1)`` on a seeded ``(1, 3, 12, 12)`` input, through
-    :func:`attnconv.theorem.conversion_error`; the exact width of ``dtype`` comes last.
+    :func:`attnconv.theorem.verify.alpha_error_curve` (the curve of ``attnconv verify``); the
+    exact width of ``dtype`` comes last.
     """
-    from attnconv.theorem import conversion_error, exact_alpha
+    from attnconv.theorem.verify import alpha_error_curve
 
     alphas = list(np.geomspace(0.05, 100.0, 15)) if alphas is None else list(alphas)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        conv = nn.Conv2d(3, 4, 3, padding=1).to(dtype)
     x = torch.randn(1, 3, 12, 12, generator=generator, dtype=torch.float64).to(dtype)
-    return conversion_error(conv, x, [*alphas, exact_alpha(dtype)])
+    return alpha_error_curve(x, alphas, seed)
 
 
 def plot_conversion_error(out: str | Path, *, alphas: Sequence[float] | None = None,

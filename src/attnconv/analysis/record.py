@@ -58,6 +58,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def display_layout(images: Tensor) -> Tensor:
+    """Images ``(N, C, H, W)`` -> ``(N, H, W, 1 or 3)`` on the CPU, for showing them.
+
+    One or three channels are kept as they are (same dtype); any other count is shown as the
+    channel mean, in float64. Scaling to a display range is the caller's.
+    """
+    x = images.detach().cpu()
+    if x.shape[1] not in (1, 3):
+        x = x.double().mean(dim=1, keepdim=True)  # not grey, not RGB: show the channel mean
+    return x.permute(0, 2, 3, 1)  # (N, H, W, C)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device

@@ -12,11 +12,18 @@ tensors are read-only by convention: callers derive new tensors from them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 _OFFSETS: dict[tuple[int, str], Tensor] = {}
 _MAX_CACHED = 256  # sizes x devices; a long-running process with many sizes starts over
+
+
+def as_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """A grid size or step as ``(rows, cols)``: ``(v, v)`` for an int ``v``, else its 2 entries."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def _cacheable(device: torch.device) -> bool:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from attnconv.layers.base import RelativeEncoding
-from attnconv.layers.grid import axis_offsets
+from attnconv.layers.grid import as_pair, axis_offsets
 
 TABLE_INIT_STD = 1.0
 """Std of the relative tables at initialisation: ``nn.Embedding``'s default, as the authors'."""
@@ -54,10 +54,6 @@ def relative_logits(query: Tensor, table: Tensor, size: int, max_size: int, axis
     shape[axis], shape[-1] = size, size
     index = index.view(shape).expand(*scores.shape[:-1], size)
     return torch.gather(scores, -1, index)  # (..., size)
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class LearnedRelativeEncoding(RelativeEncoding):
@@ -91,7 +87,7 @@ class LearnedRelativeEncoding(RelativeEncoding):
         super().__init__()
         self.heads = heads
         self.dim = dim
-        self.max_height, self.max_width = _pair(max_size)
+        self.max_height, self.max_width = as_pair(max_size)
         if self.max_height < 1 or self.max_width < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if not (math.isfinite(init_std) and init_std > 0):

@@ -11,13 +11,13 @@ optional overrides of its config; :func:`list_models` lists the names.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from attnconv.errors import ConfigError
 from attnconv.models.base import ImageClassifier
+from attnconv.suggest import did_you_mean  # re-exported: callers import it from here too
 
 ModelFactory = Callable[..., ImageClassifier]
 F = TypeVar("F", bound=ModelFactory)
@@ -89,12 +89,6 @@ def create_model(
                           **overrides)
     model.model_name = name  # the registry name, for checkpoints and reports
     return model
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def make_config(config_cls: type[C], model: str, defaults: Mapping[str, Any],

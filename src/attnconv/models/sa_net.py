@@ -23,13 +23,10 @@ from torch import Tensor, nn
 from attnconv.errors import ConfigError, ShapeError
 from attnconv.layers import ENCODINGS, SelfAttention2d
 from attnconv.layers.attention import DROPOUT_MODES
+from attnconv.layers.grid import as_pair
 from attnconv.models.base import ImageClassifier
 from attnconv.models.registry import make_config, register_model
 from attnconv.models.space_to_depth import SpaceToDepth
-
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _is_int(value: Any) -> bool:
@@ -85,7 +82,7 @@ class SANetConfig:
         if not (_is_int(size) or (isinstance(size, tuple) and len(size) == 2
                                   and all(_is_int(s) for s in size))):
             raise ConfigError(f"image_size must be an int or (H, W), got {size!r}")
-        height, width = _pair(size)
+        height, width = as_pair(size)
         if height < 1 or width < 1:
             raise ConfigError(f"image_size must be positive, got {size!r}")
         r = self.downsample
@@ -129,7 +126,7 @@ class SANetConfig:
     @property
     def grid_size(self) -> tuple[int, int]:
         """Token grid ``(H / r, W / r)`` of a training image."""
-        height, width = _pair(self.image_size)
+        height, width = as_pair(self.image_size)
         return height // self.downsample, width // self.downsample
 
     @property

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from attnconv.errors import ShapeError
 from attnconv.layers import QuadraticEncoding, SelfAttention2d
+from attnconv.layers.grid import as_pair
 
 SUPPORTED = ("torch.nn.Conv1d and torch.nn.Conv2d (any kernel size, stride, padding int/tuple/"
              "'same'/'valid', padding_mode zeros/reflect/replicate/circular, dilation, groups, "
@@ -66,8 +67,9 @@ def max_errors(y: Tensor, reference: Tensor) -> tuple[float, float]:
     return diff, diff / scale
 
 
-def _pair(values: Sequence[int], one_d: bool, fill: int) -> Pair:
-    return (fill, int(values[0])) if one_d else (int(values[0]), int(values[1]))
+def _grid_pair(values: Sequence[int], one_d: bool, fill: int) -> Pair:
+    """A conv hyper-parameter on the 2D grid; a Conv1d's ``(L,)`` is ``(fill, L)`` (1 x L grid)."""
+    return as_pair((fill, values[0]) if one_d else values)
 
 
 def _check_supported(conv: nn.Module, caller: str) -> None:
@@ -111,8 +113,8 @@ class ConvGeometry:
         """Read the geometry of ``conv``."""
         _check_supported(conv, "conv_to_attention")
         one_d = isinstance(conv, nn.Conv1d)
-        kernel = _pair(conv.kernel_size, one_d, 1)
-        dilation = _pair(conv.dilation, one_d, 1)
+        kernel = _grid_pair(conv.kernel_size, one_d, 1)
+        dilation = _grid_pair(conv.dilation, one_d, 1)
         if conv.padding == "valid":
             pads = (0, 0, 0, 0)
         elif conv.padding == "same":
@@ -120,12 +122,12 @@ class ConvGeometry:
             (tr, tc) = (d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
             pads = (tr // 2, tr - tr // 2, tc // 2, tc - tc // 2)
         else:
-            pr, pc = _pair(conv.padding, one_d, 0)  # type: ignore[arg-type]
+            pr, pc = _grid_pair(conv.padding, one_d, 0)  # type: ignore[arg-type]
             pads = (pr, pr, pc, pc)
         return cls(
             conv_type="Conv1d" if one_d else "Conv2d",
             in_channels=conv.in_channels, out_channels=conv.out_channels,
-            kernel_size=kernel, stride=_pair(conv.stride, one_d, 1), dilation=dilation,
+            kernel_size=kernel, stride=_grid_pair(conv.stride, one_d, 1), dilation=dilation,
             groups=conv.groups, padding=pads, padding_mode=conv.padding_mode,
             conv_padding=conv.padding if isinstance(conv.padding, str) else tuple(conv.padding),
             bias=conv.bias is not None)

@@ -8,6 +8,7 @@ with matplotlib (``grace_hopper.jpg``, nothing downloaded); its attention versio
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,20 @@ def run_case(case: VerifyCase, image: Tensor, seed: int) -> tuple[CaseResult, Te
     return result, y_conv, y_att
 
 
+def alpha_error_curve(x: Tensor, alphas: Sequence[float], seed: int) -> list[dict[str, float]]:
+    """Errors of the soft conversion of the 3x3 case for each width ``alpha`` (Lemma 2).
+
+    The conv is ``CASES[0]`` (``Conv2d(3, 4, 3, padding=1)``) with weights from ``seed``, in
+    ``x.dtype``; ``x`` is its input ``(N, 3, H, W)``. The exact width of the dtype comes last.
+    One row per width, as :func:`~attnconv.theorem.conversion_error` returns them.
+    """
+    conv = CASES[0].build(seed, x.dtype)
+    return conversion_error(conv, x, [*alphas, exact_alpha(x.dtype)])
+
+
 def error_curve(image: Tensor, seed: int, crop: int = 24) -> list[dict[str, float]]:
-    """Errors of the soft conversion (finite ``alpha``) of the 3x3 case on a centre crop."""
+    """:func:`alpha_error_curve` at :data:`CURVE_ALPHAS` on a centre crop of ``image``."""
     top = (image.shape[1] - crop) // 2
     left = (image.shape[2] - crop) // 2
     x = image[:, top:top + crop, left:left + crop].unsqueeze(0)
-    conv = CASES[0].build(seed, image.dtype)
-    return conversion_error(conv, x, [*CURVE_ALPHAS, exact_alpha(image.dtype)])
+    return alpha_error_curve(x, CURVE_ALPHAS, seed)

@@ -41,10 +41,12 @@ from attnconv.analysis.explorer.encode import (
 )
 from attnconv.analysis.record import (
     attention_layers,
+    display_layout,
     eval_mode,
     positional_attention,
     token_stride,
 )
+from attnconv.atomic import atomic_write_text
 from attnconv.layers import SelfAttention2d
 from attnconv.layers.attention import softmax_attention
 
@@ -196,10 +198,10 @@ def display_images(raw: Tensor) -> np.ndarray:
     """uint8 ``(N, C, H, W)`` -> ``(N, H, W, 1 or 3)``; other channel counts show their mean."""
     if raw.dtype != torch.uint8:
         raise TypeError(f"display images must be uint8, got {raw.dtype}")
-    x = raw.detach().cpu()
-    if x.shape[1] not in (1, 3):
-        x = x.double().mean(dim=1, keepdim=True).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    x = display_layout(raw)  # (N, H, W, C); a channel mean is float64
+    if x.dtype != torch.uint8:
+        x = x.round().to(torch.uint8)
+    return x.contiguous().numpy()
 
 
 def colormap_lut(name: str = "inferno") -> np.ndarray:
@@ -458,9 +460,6 @@ def build_explorer(checkpoint: str | Path, out: str | Path, *, images: int = DEF
     title = f"attention explorer: {meta.get('model')} on {meta.get('dataset')}"
     text = explorer_html(data, title)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, text)
     return ExplorerPage(out, out.stat().st_size, len(raw), len(data.layers), data.storage,
                         data.plan)
