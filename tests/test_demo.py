@@ -34,9 +34,9 @@ def test_demo_runs_share_data_budget_and_optimiser() -> None:
     cfgs = {run: demo_config(run, "out", epochs=12) for run in DEMO_RUNS}
     shared = {(c.dataset, c.epochs, c.batch_size, c.val_fraction, c.augment, c.seed, c.lr,
                c.momentum, c.weight_decay, c.train_subset) for c in cfgs.values()}
-    assert shared == {("embedded", 12, 50, 0.1, True, 0, 0.1, 0.9, 1e-4, None)}
+    assert shared == {("embedded", 12, 50, 0.1, True, 0, 0.2, 0.9, 1e-4, None)}
     sa, cnn = cfgs["sa-quadratic"], cfgs["cnn"]
-    assert (sa.schedule, sa.warmup_fraction) == ("warmup-cosine", 0.05)
+    assert (sa.schedule, sa.warmup_fraction) == ("warmup-cosine", 0.2)
     assert (cnn.schedule, cnn.gamma, cnn.milestones) == ("multistep", 0.1, [3, 6, 10])
     assert demo_config("cnn", "out", train_subset=40).train_subset == 40
 
@@ -90,7 +90,10 @@ def test_demo_end_to_end_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert converted["test_accuracy"] == converted["cnn_accuracy"]
     assert "| cnn -> attention (Theorem 1) |" in printed
     coverage = summary["grid_coverage"]
-    assert [r["layer"] for r in coverage] == [0, 1, 2]
+    assert [r["layer"] for r in coverage] == [0, 1]
+    assert all(r["heads"] == 16 for r in coverage)
+    assert summary["findings"]["first_layer_coverage"][0] == coverage[0]["init"][
+        "neighbours_covered"]
     assert all(r["init"] is not None and r["end_epoch"] == 1 for r in coverage)
     assert (out / "cnn" / "theorem1.json").is_file() and not (out / "report.html").exists()
     assert main(["demo", "--out", str(out)]) == 1  # an earlier demo is never replaced silently

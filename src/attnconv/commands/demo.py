@@ -26,19 +26,26 @@ HELP = ("train a small SA-quadratic net and a parameter-matched CNN on the embed
 PAPER_MILESTONES = (80, 150, 250)
 PAPER_EPOCHS = 300
 
-# The two demo runs (Table 1 in miniature): same data, epochs, batch and optimiser (SGD lr 0.1,
+# The two demo runs (Table 1 in miniature): same data, epochs, batch and optimiser (SGD lr 0.2,
 # momentum 0.9, weight decay 1e-4), each with its own schedule from the paper, and about the
-# same number of parameters (44,443 SA and 44,550 CNN at 28x28x1: within 1%).
+# same number of parameters (44,170 SA and 44,550 CNN at 28x28x1: within 1%). Chosen by
+# experiment (docs/demo-tuning.md): of the sizes and recipes tried within the paper's method,
+# this one gives the smallest accuracy gap and a first layer whose grid coverage rises.
 DEMO_RUNS: dict[str, dict[str, Any]] = {
     "sa-quadratic": {
         "model": "sa-quadratic",
-        # 14x14 tokens (2x2 space-to-depth of 28x28), 3 layers of 9 Gaussian heads. No dropout:
-        # a few epochs do not overfit, and without attention dropout the exact separable path
-        # applies (the softmax factorises into row x column).
-        "model_args": {"hidden_size": 32, "num_layers": 3, "heads": 9, "ffn_size": 64,
+        # 14x14 tokens (2x2 space-to-depth of 28x28), 2 layers of 16 Gaussian heads (the paper's
+        # 16-head variant): at the same parameters and time, 16 heads per layer learn faster
+        # than 3 layers of 9 and give the first layer enough heads to cover the 3x3 grid. No
+        # dropout: a few epochs do not overfit, and without attention dropout the exact
+        # separable path applies (the softmax factorises into row x column).
+        "model_args": {"hidden_size": 32, "num_layers": 2, "heads": 16, "ffn_size": 64,
                        "dropout": 0.0, "attn_dropout": 0.0},
-        "schedule": "warmup-cosine",  # the paper's SA recipe: 5% linear warm-up, then cosine
-        "warmup_fraction": 0.05,
+        # The paper's SA recipe, linear warm-up then cosine, with a longer warm-up (20% of the
+        # steps instead of 5%): at lr 0.2 the short warm-up of a 10-epoch run throws the heads
+        # about before they settle (docs/demo-tuning.md).
+        "schedule": "warmup-cosine",
+        "warmup_fraction": 0.2,
     },
     "cnn": {
         "model": "resnet18",
@@ -47,8 +54,10 @@ DEMO_RUNS: dict[str, dict[str, Any]] = {
         "gamma": 0.1,
     },
 }
-DEMO_COMMON: dict[str, Any] = {"dataset": "embedded", "epochs": 8, "batch_size": 50,
-                               "val_fraction": 0.1, "augment": True, "seed": 0, "lr": 0.1,
+# lr 0.2 (the paper's 0.1 doubled) for both: in 10 epochs it moves the Gaussian heads further and
+# gives both models a little more accuracy than 0.1 (docs/demo-tuning.md).
+DEMO_COMMON: dict[str, Any] = {"dataset": "embedded", "epochs": 10, "batch_size": 50,
+                               "val_fraction": 0.1, "augment": True, "seed": 0, "lr": 0.2,
                                "momentum": 0.9, "weight_decay": 1e-4}
 
 
