@@ -26,6 +26,7 @@ What survives what (docs/reliability.md lists the tests):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -33,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,26 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _ignore_sigterm(active: bool) -> Iterator[None]:
+    """Ignore SIGTERM (main thread) while a failed run tears the process group down.
+
+    torchrun sends SIGTERM to the survivors as soon as one worker fails; arriving after the
+    run loop's handler is gone it would kill this process before its one-line message
+    (which says how to resume) is printed.
+    """
+    import threading
+
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _crash_step(rank: int) -> int | None:
     """The global step before which this rank must die (test hook), or None."""
     if os.environ.get(CRASH_RANK_ENV, "") != str(rank):
@@ -518,7 +539,8 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         finished = True
         return result
     finally:
-        distributed.teardown(synchronize=finished)
+        with _ignore_sigterm(not finished):
+            distributed.teardown(synchronize=finished)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed.DistInfo,
