@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from attnconv.errors import ConfigError
+from attnconv.suggest import closest
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_LIMIT = 2**63  # seeds are in [0, 2**63): every derived torch/numpy seed then fits
@@ -149,8 +149,8 @@ def _unknown_key(key: object) -> ConfigError:
     if not isinstance(key, str):
         return ConfigError(f"config keys are names, got {key!r}; known keys: "
                            f"{', '.join(FIELDS)}")
-    close = difflib.get_close_matches(key, list(FIELDS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELDS)}"
+    close = closest(key, FIELDS)
+    hint = f"; did you mean {close!r}?" if close else f"; known keys: {', '.join(FIELDS)}"
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
