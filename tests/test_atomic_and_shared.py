@@ -145,3 +145,37 @@ def test_figure_curve_and_verify_curve_are_one_computation() -> None:
                               [0.5, 5.0, exact_alpha(torch.float64)])
     assert rows == direct
     assert rows[0]["max_rel_error"] > rows[1]["max_rel_error"] > rows[2]["max_rel_error"]
+
+
+def test_record_inputs_is_what_each_layer_receives(layer_inputs: object) -> None:
+    """The one capture (used by the explorer) against independent pre-hooks (conftest)."""
+    from attnconv.analysis.record import record_inputs
+    from attnconv.models import create_model
+
+    model = create_model("sa-learned-content", in_chans=1, image_size=8, hidden_size=8,
+                         num_layers=2, heads=2, ffn_size=8, downsample=2, qk_dim=4).eval()
+    images = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output, inputs = record_inputs(model, images)
+        expected = model(images)
+    independent = layer_inputs(model, images)  # type: ignore[operator]
+    assert torch.equal(output, expected)
+    assert len(inputs) == len(independent) == 2
+    for got, want in zip(inputs, independent, strict=True):
+        assert torch.equal(got, want)
+    from attnconv.analysis.record import attention_layers
+
+    assert all("forward" not in vars(layer) for _, layer in attention_layers(model))
+
+
+def test_record_inputs_refuses_a_layer_called_twice() -> None:
+    from torch import nn
+
+    from attnconv.analysis.record import record_inputs
+    from attnconv.layers import SelfAttention2d
+
+    layer = SelfAttention2d(dim=4, heads=1, encoding="quadratic")
+    twice = nn.Sequential(layer, layer)
+    with pytest.raises(ValueError, match="ran 2 times in one forward pass; the explorer needs"):
+        record_inputs(twice, torch.zeros(1, 3, 3, 4), "the explorer")
+    assert "forward" not in vars(layer)  # the wrapper is gone after the error

@@ -6,6 +6,8 @@ lists them), the attention probabilities ``(B, heads, H, W, H, W)`` (query row, 
 row, key col). While it runs, each layer's ``forward`` is wrapped so that it calls the layer
 itself with ``return_attention=True`` on the input it actually receives; the wrappers are
 removed afterwards, even on error, and the model computes exactly what it computed before.
+:func:`record_inputs` uses the same wrappers to keep each layer's input instead (the explorer
+computes its views from it).
 
 Also here: the helpers every analysis shares (the layers of a model, its token grid and
 token-to-pixel factor, a temporary eval mode, the test images of a checkpoint's dataset).
@@ -77,12 +79,18 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 class _Recorder:
-    """Wraps the ``forward`` of each layer to keep the maps of one batch (one call per layer)."""
+    """Wraps the ``forward`` of each layer to keep, per call, its maps or its input.
+
+    ``what="attention"``: the layer runs with ``return_attention=True`` and its probabilities
+    are kept (moved to ``device``); ``what="input"``: the layer runs as called and its input is
+    kept. ``maps[i]`` lists what layer ``i`` produced, one entry per call.
+    """
 
     def __init__(self, layers: Sequence[tuple[str, SelfAttention2d]],
-                 device: torch.device) -> None:
+                 device: torch.device | None = None, what: str = "attention") -> None:
         self.layers = layers
         self.device = device
+        self.what = what
         self.maps: list[list[Tensor]] = [[] for _ in layers]
         self._saved: list[tuple[SelfAttention2d, Any]] = []
 
@@ -112,11 +120,38 @@ class _Recorder:
         forward = layer.forward  # the bound method in place before recording
 
         def recording_forward(x: Tensor, return_attention: bool = False) -> Any:
+            if self.what == "input":
+                self.maps[index].append(x.detach())
+                return forward(x, return_attention=return_attention)
             y, attn = forward(x, return_attention=True)  # (B, H, W, out), (B', heads, H, W, H, W)
             self.maps[index].append(attn.detach().to(self.device))
             return (y, attn) if return_attention else y
 
         return recording_forward
+
+    def one_per_layer(self, caller: str) -> list[Tensor]:
+        """What each layer produced in one forward pass; ValueError unless it ran exactly once."""
+        for index, maps in enumerate(self.maps):
+            if len(maps) != 1:
+                name = self.layers[index][0] or type(self.layers[index][1]).__name__
+                raise ValueError(f"attention layer {index} ({name}) ran {len(maps)} times in "
+                                 f"one forward pass; {caller} needs exactly one call per layer")
+        return [maps[0] for maps in self.maps]
+
+
+def record_inputs(model: nn.Module, batch: Tensor,
+                  caller: str = "record_inputs") -> tuple[Any, list[Tensor]]:
+    """``(model(batch), input of each SelfAttention2d)`` for one forward pass, in model order.
+
+    The inputs are what each layer actually receives (detached, on the model's device). The
+    forward pass runs as the caller set it up (grad mode, train/eval mode are not changed).
+
+    Raises:
+        ValueError: a layer is not called exactly once (``caller`` names who needed it).
+    """
+    with _Recorder(attention_layers(model), what="input") as recorder:
+        output = model(batch)
+    return output, recorder.one_per_layer(caller)
 
 
 def record_attention(
@@ -169,16 +204,11 @@ def record_attention(
             batch = images[start:start + batch_size].to(model_device)
             recorder.maps = [[] for _ in layers]
             model(batch)
-            for index, maps in enumerate(recorder.maps):
-                if len(maps) != 1:
-                    name = layers[index][0] or type(layers[index][1]).__name__
-                    raise ValueError(f"attention layer {index} ({name}) ran {len(maps)} times in "
-                                     f"one forward pass; record_attention needs exactly one "
-                                     f"call per layer")
+            for index, attn in enumerate(recorder.one_per_layer("record_attention")):
                 layer = layers[index][1]
                 if layer.positional_only and per_layer[index]:
                     continue  # the same map for every image: keep the first one only
-                per_layer[index].append(maps[0])
+                per_layer[index].append(attn)
     out = []
     for (_, layer), maps in zip(layers, per_layer, strict=True):
         if layer.positional_only:

@@ -1,8 +1,8 @@
 """Build the explorer page of a model: its attention on test images in one HTML file.
 
-:func:`collect_explorer_data` runs the model on the images with a forward pre-hook on every
-:class:`~attnconv.layers.SelfAttention2d`, which keeps the input the layer actually receives;
-from it each layer's maps are computed with the layer's own methods:
+:func:`collect_explorer_data` runs the model on the images and keeps the input every
+:class:`~attnconv.layers.SelfAttention2d` actually receives (:func:`attnconv.analysis.record.
+record_inputs`); from it each layer's maps are computed with the layer's own methods:
 
 * positional-only layer: ``positional_attention(layer, grid)``, stored once for all images;
 * content layer, ``full`` view: ``layer.attention(x)``, the probabilities its forward uses;
@@ -16,11 +16,10 @@ JavaScript, no network) and :func:`build_explorer` does it all for a checkpoint 
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,6 +43,7 @@ from attnconv.analysis.record import (
     display_layout,
     eval_mode,
     positional_attention,
+    record_inputs,
     token_stride,
 )
 from attnconv.atomic import atomic_write_text
@@ -123,47 +123,15 @@ def positional_logits(layer: SelfAttention2d, x: Tensor) -> Tensor:
     return layer.positional_logits(x)  # the layer's own (SelfAttention2d.positional_logits)
 
 
-@contextlib.contextmanager
-def _layer_inputs(layers: Sequence[SelfAttention2d]) -> Iterator[list[list[Tensor]]]:
-    """Keep the input of every call of each layer while the context is open."""
-    seen: list[list[Tensor]] = [[] for _ in layers]
-
-    def keep(index: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            seen[index].append(args[0].detach())
-        return hook
-
-    handles = []
-    try:
-        for index, layer in enumerate(layers):
-            handles.append(layer.register_forward_pre_hook(keep(index)))
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _run(model: nn.Module, layers: Sequence[SelfAttention2d],
-         batch: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """``(model output, input of each attention layer)`` for one batch."""
-    with _layer_inputs(layers) as seen:
-        output = model(batch)
-    for index, calls in enumerate(seen):
-        if len(calls) != 1:
-            raise ValueError(f"attention layer {index} ran {len(calls)} times in one forward "
-                             f"pass; the explorer needs exactly one call per layer")
-    return output, [calls[0] for calls in seen]
-
-
 def describe_layers(model: nn.Module, probe: Tensor) -> list[LayerInfo]:
     """The :class:`LayerInfo` of every attention layer; ``probe`` (one image) sizes the grids."""
     named = attention_layers(model)
     if not named:
         raise ValueError(f"{type(model).__name__} holds no SelfAttention2d layer: there is no "
                          f"attention to explore")
-    layers = [layer for _, layer in named]
     with torch.no_grad(), eval_mode(model):
-        _, inputs = _run(model, layers, probe[:1].to(next(model.parameters()).device))
+        _, inputs = record_inputs(model, probe[:1].to(next(model.parameters()).device),
+                                  "the explorer")
     return [LayerInfo(i, name, layer.heads, (int(x.shape[1]), int(x.shape[2])),
                       layer.encoding_name, layer.content, positional_kind(layer))
             for i, ((name, layer), x) in enumerate(zip(named, inputs, strict=True))]
@@ -307,7 +275,7 @@ def collect_explorer_data(model: nn.Module, images: Tensor, raw: Tensor, labels:
         device = next(model.parameters()).device
         for start in range(0, n, batch_size):
             batch = images[start:start + batch_size].to(device)
-            output, inputs = _run(model, modules, batch)
+            output, inputs = record_inputs(model, batch, "the explorer")
             outputs.append(output.float().cpu())
             for layer, module, x in zip(layers, modules, inputs, strict=True):
                 if layer.content:
