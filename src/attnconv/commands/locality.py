@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attnconv.atomic import atomic_open, atomic_write_text
+
 NAME = "locality"
 HELP = "attention distance, entropy and convolution-likeness per layer and head"
 
@@ -124,7 +126,7 @@ def coverage_cells(cov: dict[str, Any]) -> dict[str, str]:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows to CSV, one column per key; None is an empty cell."""
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", encoding=None, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
               "dataset": meta["dataset"], "images": 0 if images is None else len(images),
               "token_stride": stride, "margin": args.margin, "rows": rows,
               "grid_coverage": coverage}
-    (out / "locality.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "locality.json", json.dumps(report, indent=2) + "\n")
     written.append(out / "locality.json")
     print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnconv.atomic import atomic_savefig, atomic_write_text
 from attnconv.textable import plain_table
 from attnconv.theorem import TOLERANCES, exact_alpha
 from attnconv.theorem.verify import CASES, CaseResult, error_curve, run_case, sample_image
@@ -73,7 +74,7 @@ def _figure(path: Path, image: Tensor, y_conv: Tensor, y_att: Tensor,
     axes[4].set_title("soft attention -> conv as alpha grows")
     axes[4].legend(loc="lower left")
     fig.suptitle(title)
-    fig.savefig(path, dpi=80)
+    atomic_savefig(fig, path, dpi=80)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                   for r in results],
         "alpha_curve": curve,
     }
-    (args.out / "verify.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / "verify.json", json.dumps(report, indent=2) + "\n")
     failed = [r.name for r in results if not r.passed]
     print(f"\nwrote {figure} and {args.out / 'verify.json'}")
     print(f"{len(results) - len(failed)}/{len(results)} PASS" +
