@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import html
 import json
 import os
@@ -406,127 +407,111 @@ NOTES = [
 
 
 TEXT_COLUMNS = {"run", "model", "data", "attention"}  # left-aligned; numbers go right
+TEMPLATES = Path(__file__).with_name("templates")  # report.html.j2, report.md.j2
 
 
-def _md_table(rows: Sequence[dict[str, str]], header: Mapping[str, str]) -> list[str]:
-    keys = list(header)
-    return markdown_table([header[k] for k in keys],
-                          [[md_text(r[k]) for k in keys] for r in rows],
-                          ["left" if k in TEXT_COLUMNS else "right" for k in keys])
+@dataclass(frozen=True)
+class _Table:
+    """A table as both templates show it: header labels, per-column class, rows of text."""
+
+    header: list[str]
+    classes: list[str]  # "text" (left-aligned) or "num"
+    rows: list[list[str]]
+
+    @classmethod
+    def of(cls, rows: Sequence[dict[str, str]], header: Mapping[str, str]) -> _Table:
+        return cls([header[k] for k in header],
+                   ["text" if k in TEXT_COLUMNS else "num" for k in header],
+                   [[r[k] for k in header] for r in rows])
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """A PNG: linked (Markdown) relative to the report, embedded (HTML) as base64."""
+
+    path: Path
+    href: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def caption(self) -> str:
+        return caption(self.path)
+
+    @property
+    def data(self) -> str:
+        return base64.b64encode(self.path.read_bytes()).decode("ascii")
+
+
+def _md_table(table: _Table) -> str:
+    """A :class:`_Table` as Markdown, every cell through :func:`md_text`."""
+    return "\n".join(markdown_table(
+        table.header, [[md_text(c) for c in row] for row in table.rows],
+        ["left" if c == "text" else "right" for c in table.classes]))
+
+
+def _view(title: str, sections: Sequence[RunSection], curves: Path | None, root: Path,
+          markdown: Path | None = None) -> dict[str, Any]:
+    """What the report shows, once, for both templates (so HTML and Markdown cannot differ)."""
+    return {
+        "title": title,
+        "runs": f"{len(sections)} run{'s' if len(sections) != 1 else ''}",
+        "date": datetime.date.today().isoformat(),
+        "markdown": None if markdown is None else {"href": _relative(markdown, root),
+                                                   "name": markdown.name},
+        "explorers": [{"href": _relative(s.explorer, root), "name": s.summary.name}
+                      for s in sections if s.explorer is not None],
+        "comparison": _Table.of(comparison_rows([s.summary for s in sections]), COMPARISON),
+        "notes": NOTES,
+        "curves": None if curves is None else _Figure(curves, _relative(curves, root)),
+        "sections": [{
+            "name": s.summary.name, "model": s.summary.model, "slug": s.slug,
+            "path": str(s.summary.path), "accuracy": f"{s.summary.test_accuracy:.4f}",
+            "explorer": None if s.explorer is None else {"href": _relative(s.explorer, root),
+                                                         "name": s.explorer.name},
+            "locality": (_Table.of(locality_by_layer(s.locality), LOCALITY) if s.locality
+                         else None),
+            "tables": [{"title": t.title, "note": t.note, "table": _Table.of(t.rows, t.header)}
+                       for t in s.tables],
+            "figures": [_Figure(p, _relative(p, root)) for p in s.figures],
+            "main_figures": [_Figure(p, "") for p in s.figures if not is_detail(p)],
+            "detail_figures": [_Figure(p, "") for p in s.figures if is_detail(p)],
+        } for s in sections],
+    }
+
+
+@functools.cache
+def _template(name: str) -> Any:
+    """``templates/NAME`` in its environment: autoescaped HTML, or Markdown with the
+    ``md_text`` / ``md_code`` / ``md_table`` filters."""
+    import jinja2
+    import markupsafe
+
+    def stdlib_escape(value: Any) -> Any:
+        # Autoescape escapes whatever this returns unless it is Markup: plain text is escaped
+        # here with html.escape (quotes as &quot; / &#x27;), everything else by Jinja.
+        if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+            return markupsafe.Markup(html.escape(value))
+        return value
+
+    html_page = name.endswith(".html.j2")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=html_page, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=not html_page,
+                             finalize=stdlib_escape if html_page else None,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(md_text=md_text, md_code=md_code, md_table=_md_table)
+    return env.get_template(name)
 
 
 def _markdown(title: str, sections: Sequence[RunSection], curves: Path | None,
               root: Path) -> str:
-    lines = [f"# {md_text(title)}", "",
-             f"{len(sections)} run{'s' if len(sections) != 1 else ''}, "
-             f"written {datetime.date.today().isoformat()}; figures embedded in the HTML "
-             f"version (report.html), linked here.", "", "## Comparison", ""]
-    lines += _md_table(comparison_rows([s.summary for s in sections]), COMPARISON)
-    lines += [""] + [f"- {note}" for note in NOTES]
-    if curves is not None:
-        lines += ["", "## Training curves", "", f"![training curves]({_relative(curves, root)})"]
-    for section in sections:
-        s = section.summary
-        lines += ["", f"## {md_text(s.name)}: {md_text(s.model)}", "",
-                  f"Run directory: {md_code(str(s.path))}; test accuracy "
-                  f"{s.test_accuracy:.4f}."]
-        if section.explorer is not None:
-            lines += ["", f"Interactive attention explorer: "
-                          f"[{md_text(section.explorer.name)}]"
-                          f"({_relative(section.explorer, root)})"]
-        if section.locality:
-            lines += ["", "Locality per layer (mean over heads; entropy: mean / uniform):", ""]
-            lines += _md_table(locality_by_layer(section.locality), LOCALITY)
-        for table in section.tables:
-            lines += ["", f"{table.title}. {table.note}", ""]
-            lines += _md_table(table.rows, table.header)
-        if section.figures:
-            lines += [""]
-            lines += [f"- [{md_text(caption(p))}]({_relative(p, root)})"
-                      for p in section.figures]
-    return "\n".join(lines) + "\n"
-
-
-STYLE = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1f24;
-       margin: 0 auto; max-width: 1180px; padding: 12px 24px 48px; }
-h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 34px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 10px 0; font-size: 13.5px; }
-th, td { border: 1px solid #d5d9e0; padding: 4px 8px; text-align: right; }
-th { background: #f1f3f5; } .text { text-align: left; }
-figure { margin: 14px 0; } figure img { max-width: 100%; border: 1px solid #e3e6ea; }
-figcaption { color: #5d6470; font-size: 13px; }
-.notes { color: #5d6470; font-size: 13px; } .explorer { font-weight: 600; }
-details summary { cursor: pointer; color: #0b7285; margin: 8px 0; }
-"""
-
-
-def _html_table(rows: Sequence[dict[str, str]], header: Mapping[str, str],
-                cls: str = "") -> str:
-    head = "".join(f'<th class="{"text" if k in TEXT_COLUMNS else "num"}">{html.escape(v)}</th>'
-                   for k, v in header.items())
-    body = "".join("<tr>" + "".join(
-        f'<td class="{"text" if k in TEXT_COLUMNS else "num"}">{html.escape(r[k])}</td>'
-        for k in header) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    text = html.escape(caption(path))
-    return (f'<figure><img alt="{text}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{text} <code>{html.escape(path.name)}</code></figcaption></figure>")
+    return str(_template("report.md.j2").render(_view(title, sections, curves, root)))
 
 
 def _html(title: str, sections: Sequence[RunSection], curves: Path | None, root: Path,
           markdown: Path) -> str:
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
-             f"<p>{len(sections)} run{'s' if len(sections) != 1 else ''}, written "
-             f"{datetime.date.today().isoformat()}. Markdown summary: "
-             f"<a href=\"{html.escape(_relative(markdown, root))}\">"
-             f"{html.escape(markdown.name)}</a>.</p>"]
-    links = [s for s in sections if s.explorer is not None]
-    if links:
-        items = "".join(
-            f'<li><a class="explorer" href="{html.escape(_relative(s.explorer, root))}">'
-            f"{html.escape(s.summary.name)}: attention explorer</a></li>"
-            for s in links if s.explorer is not None)
-        parts.append(f"<p>Interactive pages (pick an image, a layer, a head, click a query "
-                     f"pixel):</p><ul>{items}</ul>")
-    parts += ["<h2>Comparison</h2>",
-              _html_table(comparison_rows([s.summary for s in sections]), COMPARISON,
-                          "comparison"),
-              "<ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in NOTES)
-              + "</ul>"]
-    if curves is not None:
-        parts += ["<h2>Training curves</h2>", _figure(curves)]
-    for section in sections:
-        s = section.summary
-        parts.append(f"<h2 id=\"run-{html.escape(section.slug)}\">{html.escape(s.name)}: "
-                     f"{html.escape(s.model)}</h2>")
-        parts.append(f"<p>Run directory <code>{html.escape(str(s.path))}</code>; test accuracy "
-                     f"{s.test_accuracy:.4f}.</p>")
-        if section.explorer is not None:
-            parts.append(f'<p><a class="explorer" href="'
-                         f'{html.escape(_relative(section.explorer, root))}">Open the '
-                         f"attention explorer</a></p>")
-        if section.locality:
-            parts += ["<h3>Locality per layer</h3>",
-                      "<p class=\"notes\">Mean over heads of the attention distance, the "
-                      "entropy (against that of uniform attention) and the mass on the most "
-                      "attended relative offset (1.0: a convolution tap).</p>",
-                      _html_table(locality_by_layer(section.locality), LOCALITY, "locality")]
-        for table in section.tables:
-            parts += [f"<h3>{html.escape(table.title)}</h3>",
-                      f"<p class=\"notes\">{html.escape(table.note)}</p>",
-                      _html_table(table.rows, table.header, "run-table")]
-        main = [p for p in section.figures if not is_detail(p)]
-        detail = [p for p in section.figures if is_detail(p)]
-        parts += [_figure(p) for p in main]
-        if detail:
-            parts.append(f"<details><summary>{len(detail)} per-layer figures</summary>"
-                         + "".join(_figure(p) for p in detail) + "</details>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return str(_template("report.html.j2").render(_view(title, sections, curves, root,
+                                                        markdown)))
