@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import attnconv
+from attnconv.atomic import atomic_open
 from attnconv.flops import count_macs
 from attnconv.layers import SelfAttention2d, attention_impl
 from attnconv.models import create_model
@@ -851,7 +852,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``result`` as indented JSON."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(result, f, indent=2)
         f.write("\n")
 

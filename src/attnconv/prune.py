@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from attnconv.atomic import atomic_write_text
 from attnconv.errors import ConfigError
 from attnconv.layers import SelfAttention2d
 
@@ -217,5 +218,5 @@ def write_pruned_run(pruned: nn.Module, meta: dict[str, Any], verdicts: list[Hea
                      **rng_meta, "config": cfg.to_dict(), "model_args": cfg.model_args,
                      "progress": asdict(Progress()), "pruned_from": str(source),
                      "pruned_heads": [asdict(v) for v in verdicts if not v.keep]})
-    (out / "pruning.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2))
+    atomic_write_text(out / "pruning.json", json.dumps([asdict(v) for v in verdicts], indent=2))
     return cfg

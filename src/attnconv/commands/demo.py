@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attnconv.atomic import atomic_write_text
+
 NAME = "demo"
 HELP = ("train a small SA-quadratic net and a parameter-matched CNN on the embedded data, then "
         "convert the CNN to attention (Theorem 1)")
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + "\n".join(findings["lines"]))
     summary = {"runs": results, "heads": movement, "grid_coverage": coverage,
                "converted_cnn": converted, "findings": findings["values"]}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2))
     print(f"\nruns and checkpoints in {out}/ (summary: {out / 'demo.json'})")
     if args.no_report:
         return 0

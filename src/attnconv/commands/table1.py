@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from attnconv.analysis.table1 import PAPER_TABLE1, build_table, to_markdown
+from attnconv.atomic import atomic_write_text
 
 NAME = "table1"
 HELP = "parameters, MACs and FLOPs of the paper's models (Table 1), with measured accuracy"
@@ -38,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     table = build_table(list(args.models), list(args.runs))
     text = json.dumps(table, indent=2)
     if args.json is not None:
-        args.json.write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(args.json, text + "\n")
     sys.stdout.write((text if args.format == "json" else to_markdown(table)) + "\n")
     return 0
