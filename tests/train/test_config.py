@@ -8,9 +8,17 @@ import pytest
 import yaml
 
 from attnconv.errors import ConfigError
-from attnconv.train.config import TrainConfig, config_from_dict, load_config
+from attnconv.train.config import (
+    SHIPPED_GROUPS,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+    resolve_config,
+    shipped_configs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGED = ROOT / "src" / "attnconv" / "configs"
 
 
 def test_defaults_are_the_paper_recipe() -> None:
@@ -20,20 +28,81 @@ def test_defaults_are_the_paper_recipe() -> None:
     assert cfg.schedule == "warmup-cosine" and cfg.warmup_fraction == 0.05
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*/*.yaml")),
+@pytest.mark.parametrize("path", sorted(PACKAGED.glob("*/*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_shipped_config_loads(path: Path) -> None:
+def test_every_shipped_config_loads_by_path_and_by_name(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.name
+    name = path.stem
+    assert load_config(name) == cfg == load_config(f"{path.parent.name}/{name}")
+    assert load_config(f"{name}.yaml") == cfg
+    description = shipped_configs()[name].description
+    assert description and len(description) <= 98, description  # one line for --list-configs
+
+
+def test_shipped_config_names_are_unique_and_all_listed() -> None:
+    on_disk = sorted(PACKAGED.glob("*/*.yaml"))
+    assert {p.parent.name for p in on_disk} <= set(SHIPPED_GROUPS)
+    stems = [p.stem for p in on_disk]
+    assert len(stems) == len(set(stems)), "a config name must be unique across groups"
+    assert sorted(shipped_configs()) == sorted(stems)
+    assert {"sa-quadratic", "resnet18", "fashion-resnet"} <= set(stems)
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("sa-quadratic").write_text(yaml.safe_dump({"name": "mine", "epochs": 3}))
+    cfg = load_config("sa-quadratic")
+    assert (cfg.name, cfg.epochs) == ("mine", 3)
+    assert resolve_config("sa-quadratic") == Path("sa-quadratic")
+    assert load_config("paper/sa-quadratic").name == "sa-quadratic"  # no such file here
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("sa-quadratc", r"no config file or shipped config named 'sa-quadratc'; did you mean "
+                    r"'sa-quadratic'\?"),
+    ("paper/resnet-18", r"did you mean 'resnet18'\?"),
+    ("zzzzzz", r"named 'zzzzzz'; attnconv train --list-configs lists them"),
+    ("configs/paper/sa-quadratic.yaml", r"config file configs/paper/sa-quadratic.yaml does not "
+                                         r"exist; the shipped config 'sa-quadratic' has moved "
+                                         r"into the package: --config sa-quadratic"),
+    ("elsewhere/mine.yaml", r"does not exist; attnconv train --list-configs"),
+    ("", r"no config file or shipped config named ''"),
+])
+def test_unknown_config_names_suggest_a_shipped_one(spec: str, message: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        load_config(spec)
+
+
+def test_list_configs_prints_every_name_with_its_description(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from attnconv.cli import main
+
+    assert main(["train", "--list-configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shipped = shipped_configs()
+    listed = {line.split()[0]: line for line in lines[:len(shipped)]}
+    assert list(listed) == list(shipped)
+    for name, line in listed.items():
+        assert line.split()[1] == shipped[name].group
+        assert line.endswith(shipped[name].description)
+    assert "attnconv train --config NAME" in lines[-2]
+    assert Path(lines[-1].rpartition(": ")[2], "paper", "sa-quadratic.yaml").is_file()
+    assert main(["train", "--list-configs", "--config", "sa-quadratic"]) == 1
+    assert "--list-configs only lists" in capsys.readouterr().err
 
 
 def test_paper_configs_follow_the_recipe() -> None:
     for name in ["sa-quadratic", "sa-quadratic-full", "sa-quadratic-16heads", "sa-learned",
                  "sa-learned-content", "resnet18"]:
-        cfg = load_config(ROOT / "configs" / "paper" / f"{name}.yaml")
+        cfg = load_config(name)
+        assert shipped_configs()[name].group == "paper"
         assert (cfg.model, cfg.dataset, cfg.epochs, cfg.batch_size) == (name, "cifar10", 300, 100)
         assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.1, 0.9, 1e-4)
-    resnet = load_config(ROOT / "configs" / "paper" / "resnet18.yaml")
+    resnet = load_config("resnet18")
     assert resnet.schedule == "multistep" and resnet.milestones == [80, 150, 250]
 
 

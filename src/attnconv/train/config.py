@@ -1,7 +1,9 @@
 """Training configuration: one dataclass, read from YAML plus ``key=value`` overrides.
 
 Unknown keys are errors with a "did you mean"; values are checked before anything runs; the
-resolved configuration is saved in the run directory (``config.yaml``).
+resolved configuration is saved in the run directory (``config.yaml``). The paper's runs and the
+CPU runs ship inside the package (``attnconv/configs/{paper,cpu}/*.yaml``, read with
+:mod:`importlib.resources`) and are addressed by name: ``load_config("sa-quadratic")``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,11 @@ import yaml
 
 from attnconv.errors import ConfigError
 from attnconv.suggest import closest
+
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_LIMIT = 2**63  # seeds are in [0, 2**63): every derived torch/numpy seed then fits
@@ -220,7 +228,7 @@ def _count_nodes(value: Any, limit: int) -> int:
     return count
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path | Traversable) -> dict[str, Any]:
     """The mapping a YAML config file holds (``{}`` for an empty file).
 
     Raises :class:`ConfigError` for a file that is too large, not UTF-8, not YAML, nested too
@@ -252,14 +260,81 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return dict(loaded or {})
 
 
+SHIPPED_GROUPS = ("paper", "cpu")  # folders of attnconv/configs/, in listing order
+
+
+@dataclass(frozen=True)
+class ShippedConfig:
+    """A config file shipped inside the package: ``attnconv/configs/<group>/<name>.yaml``."""
+
+    name: str  # the file's stem, unique across groups: what --config accepts
+    group: str
+    resource: Traversable
+
+    @property
+    def qualified(self) -> str:
+        """``group/name`` (also accepted by --config)."""
+        return f"{self.group}/{self.name}"
+
+    @property
+    def description(self) -> str:
+        """The file's first line, a ``#`` comment summarising the run in one line."""
+        first = self.resource.read_text(encoding="utf-8").partition("\n")[0]
+        return first.removeprefix("#").strip() if first.startswith("#") else ""
+
+
+def shipped_configs() -> dict[str, ShippedConfig]:
+    """The configs shipped in the package, by name, paper runs first, then the CPU runs."""
+    root = files("attnconv") / "configs"
+    found: dict[str, ShippedConfig] = {}
+    for group in SHIPPED_GROUPS:
+        folder = root / group
+        if not folder.is_dir():
+            continue
+        for item in sorted(folder.iterdir(), key=lambda t: t.name):
+            if item.is_file() and item.name.endswith(".yaml"):
+                name = item.name.removesuffix(".yaml")
+                found.setdefault(name, ShippedConfig(name, group, item))
+    return found
+
+
+def resolve_config(spec: str | Path) -> Path | Traversable:
+    """The file ``--config SPEC`` means: an existing file wins, else a shipped config's name.
+
+    A name is ``sa-quadratic``, ``paper/sa-quadratic`` or either with ``.yaml``. Raises
+    :class:`ConfigError` with the closest shipped name when neither matches.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    text = str(spec)
+    if "\0" in text:
+        raise ConfigError(f"config {text!r} is neither a file nor a shipped config name")
+    shipped = shipped_configs()
+    key = text.removesuffix(".yaml")
+    for config in shipped.values():
+        if key in (config.name, config.qualified):
+            return config.resource
+    close = closest(Path(key).name, shipped) if key else None
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 2:
+        hint = (f"; the shipped config {close!r} has moved into the package: --config {close}"
+                if close and close == Path(key).name else
+                f"; did you mean the shipped config {close!r}?" if close else
+                "; attnconv train --list-configs lists the shipped configs")
+        raise ConfigError(f"config file {text} does not exist{hint}")
+    hint = (f"did you mean {close!r}?" if close else
+            "attnconv train --list-configs lists them")
+    raise ConfigError(f"no config file or shipped config named {text!r}; {hint}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a YAML file or the name of a shipped config (:func:`resolve_config`).
+    """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
-        data = read_yaml_mapping(path)
+        data = read_yaml_mapping(resolve_config(path))
     for text in overrides or []:
         keys, value = parse_override(text)
         if keys[0] not in FIELDS:
