@@ -21,7 +21,7 @@ from attnconv.errors import CheckpointError
 from attnconv.train import TrainingDiverged, TrainingInterrupted, load_checkpoint, train
 from attnconv.train import trainer as trainer_module
 from attnconv.train.config import config_from_dict
-from attnconv.train.trainer import prune_step_checkpoints
+from attnconv.train.resume import prune_step_checkpoints
 from test_reliability_helpers import (
     STEPS,
     assert_no_partial_files,

@@ -382,7 +382,7 @@ def test_deeply_nested_metadata_is_refused(tmp_path: Path) -> None:
 
 
 def test_progress_schema_follows_the_trainer() -> None:
-    from attnconv.train.trainer import Progress
+    from attnconv.train.progress import Progress
 
     fields = progress_fields()
     assert set(fields) == set(Progress.__dataclass_fields__)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from attnconv.data import load_dataset
+from attnconv.data.training import Data, load_data
 from attnconv.errors import CheckpointError, ConfigError
 from attnconv.train import load_checkpoint, train, trainer
 from attnconv.train.config import config_from_dict
@@ -129,7 +130,7 @@ def test_no_validation_split_tests_the_final_model(tmp_path: Path) -> None:
     """val_fraction=0: every training image is trained on, no best-by-validation exists, the
     final-epoch model is tested and results.json says so; no validation number is made up."""
     lines: list[str] = []
-    data = trainer.load_data(tiny(tmp_path, "all", val_fraction=0.0, train_subset=None))
+    data = load_data(tiny(tmp_path, "all", val_fraction=0.0, train_subset=None))
     assert len(data.train[1]) == len(load_dataset("embedded", "train", None).labels)
     assert len(data.val[1]) == 0
     cfg = tiny(tmp_path, "all", epochs=2, val_fraction=0.0, train_subset=120)
@@ -259,9 +260,9 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
 
 def test_an_empty_test_split_is_refused_before_training(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = trainer.load_data
+    real = load_data
 
-    def no_test_images(cfg: object) -> trainer.Data:
+    def no_test_images(cfg: object) -> Data:
         data = real(cfg)
         data.test = (data.test[0][:0], data.test[1][:0])
         return data

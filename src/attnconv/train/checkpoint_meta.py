@@ -171,7 +171,7 @@ def progress_fields() -> dict[str, str]:
     """Name -> ``"int"`` or ``"float"`` of every field of the trainer's ``Progress``."""
     import dataclasses
 
-    from attnconv.train.trainer import Progress
+    from attnconv.train.progress import Progress
 
     return {f.name: str(f.type) for f in dataclasses.fields(Progress)}
 

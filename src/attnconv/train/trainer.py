@@ -27,7 +27,6 @@ What survives what (docs/reliability.md lists the tests):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -35,23 +34,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from attnconv.data import compute_stats, dataset_stats, load_dataset, train_val_split
+from attnconv.data.training import Data, load_data
 from attnconv.errors import AttnconvError, CheckpointError, ConfigError, ShapeError
-from attnconv.layers import SelfAttention2d
 from attnconv.models import create_model
 from attnconv.train import distributed
 from attnconv.train.checkpoint import (
-    Checkpoint,
     atomic_write_text,
     load_checkpoint,
-    read_meta,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -64,9 +60,17 @@ from attnconv.train.engine import (
     step_seed,
     train_step,
 )
+from attnconv.train.logs import RunLogs
 from attnconv.train.memory import check_fits, estimate_training_memory
 from attnconv.train.model_io import model_kwargs
 from attnconv.train.optim import make_optimizer, make_scheduler
+from attnconv.train.progress import Progress
+from attnconv.train.resume import (
+    find_newest_checkpoint,
+    prune_step_checkpoints,
+    report_skipped,
+    step_checkpoint_path,
+)
 from attnconv.train.state import capture, restore, unwrap
 
 #: Test hook (used by tests/test_reliability_distributed.py and test_reliability_kill.py, never
@@ -80,9 +84,6 @@ from attnconv.train.state import capture, restore, unwrap
 CRASH_RANK_ENV = "ATTNCONV_TEST_CRASH_RANK"
 CRASH_STEP_ENV = "ATTNCONV_TEST_CRASH_STEP"
 CRASH_HOW_ENV = "ATTNCONV_TEST_CRASH_HOW"
-
-STEP_PREFIX = "step-"
-PROTECTED = ("best.safetensors", "last.safetensors")  # never pruned
 
 #: What a run writes in its directory; ``overwrite=True`` removes exactly these first.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "heads.jsonl", "results.json")
@@ -117,69 +118,6 @@ class WorkerFailed(AttnconvError, RuntimeError):
     between workers broke. The last complete checkpoint is intact and resumable."""
 
 
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint."""
-
-    epoch: int = 0  # index of the epoch in progress (= completed epochs at an epoch boundary)
-    step_in_epoch: int = 0  # optimisation steps done in that epoch
-    global_step: int = 0
-    best_val_accuracy: float = -1.0
-    best_epoch: int = -1
-    loss_sum: float = 0.0  # running sums of the epoch in progress (this rank)
-    correct: float = 0.0
-    seen: float = 0.0
-    train_time_s: float = 0.0
-
-
-@dataclass
-class Data:
-    """The splits as uint8 ``(N, C, H, W)`` tensors with labels, and the normalisation."""
-
-    train: tuple[Tensor, Tensor]
-    val: tuple[Tensor, Tensor]
-    test: tuple[Tensor, Tensor]
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        c, h, w = self.train[0].shape[1:]
-        return c, h, w
-
-    def train_fingerprint(self) -> str:
-        """SHA-256 of the training images and labels in split order (checked on resume)."""
-        h = hashlib.sha256()
-        for t in self.train:
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.contiguous().numpy().tobytes())
-        return h.hexdigest()
-
-
-def load_data(cfg: TrainConfig) -> Data:
-    """Load train/test, hold out the validation split, convert to tensors."""
-    train = load_dataset(cfg.dataset, "train", cfg.data_dir)
-    test = load_dataset(cfg.dataset, "test", cfg.data_dir)
-    train_idx, val_idx = train_val_split(len(train), cfg.val_fraction, cfg.seed, train.labels)
-    if cfg.train_subset is not None:
-        train_idx = train_idx[:cfg.train_subset]
-    try:
-        mean, std = dataset_stats(cfg.dataset)
-    except ConfigError:
-        mean, std = compute_stats(train)
-
-    def tensors(images: Any, labels: Any) -> tuple[Tensor, Tensor]:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
-        return x, torch.from_numpy(labels).long()
-
-    return Data(tensors(train.images[train_idx], train.labels[train_idx]),
-                tensors(train.images[val_idx], train.labels[val_idx]),
-                tensors(test.images, test.labels), list(train.classes),
-                tuple(map(float, mean)), tuple(map(float, std)))
-
-
 def build_model(cfg: TrainConfig, num_classes: int, shape: tuple[int, int, int]) -> nn.Module:
     """The registry model for ``cfg`` at the data's shape (``model_args`` may set image_size)."""
     c, h, w = shape
@@ -208,136 +146,6 @@ def check_model_takes_data(model: nn.Module, cfg: TrainConfig, data: Data,
                          f"{h}x{w}): {err}") from err
     finally:
         model.train(was_training)
-
-
-def gaussian_heads(model: nn.Module) -> list[dict[str, Any]]:
-    """Centres, ``Sigma^-1`` and ``alpha`` of every quadratic attention layer, as lists."""
-    rows = []
-    for layer in unwrap(model).modules():
-        if isinstance(layer, SelfAttention2d) and layer.encoding_name.startswith("quadratic"):
-            g = layer.gaussian_parameters()
-            rows.append({"centers": g.centers.tolist(),
-                         "inv_covariance": g.inv_covariance.tolist(),
-                         "alpha": None if g.alpha is None else g.alpha.tolist()})
-    return rows
-
-
-def tensorboard_writer(run_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``run_dir/tensorboard`` if TensorBoard is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Keep the rows of an append-only log that ``keep`` accepts (after a resume).
-
-    A line a killed process left half-written is dropped too.
-    """
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and keep(row):
-            rows.append(line)
-    atomic_write_text(path, "".join(r + "\n" for r in rows))
-
-
-def step_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The ``step-*.safetensors`` files of a run, oldest (lowest step) first."""
-    def number(path: Path) -> int:
-        digits = path.name[len(STEP_PREFIX):-len(".safetensors")]
-        return int(digits) if digits.isdigit() else -1
-
-    return sorted((p for p in ckpt_dir.glob(f"{STEP_PREFIX}*.safetensors")
-                   if p.name not in PROTECTED), key=number)
-
-
-def prune_step_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints; return the deleted paths.
-
-    Only ``step-*.safetensors`` files are ever deleted: ``best.safetensors`` and
-    ``last.safetensors`` are not candidates.
-    """
-    old = step_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []
-    for path in old:
-        if path.name not in PROTECTED:
-            path.unlink(missing_ok=True)
-    return old
-
-
-def newest_checkpoint(run_dir: Path, log: Callable[[str], None] = print, *,
-                      set_aside: bool = False) -> Checkpoint:
-    """The newest checkpoint of a run that loads cleanly, falling back to older ones.
-
-    Candidates are ``step-*``, ``last`` and (as a last resort) ``best``, ordered by training
-    progress. A corrupted or truncated one is skipped with a warning naming it; with
-    ``set_aside`` a damaged step checkpoint is renamed ``NAME.corrupt`` so that it is neither
-    resumed from nor counted by ``keep_last`` again.
-    """
-    ckpt, failures = find_newest_checkpoint(run_dir)
-    report_skipped(failures, ckpt.path, log, set_aside=set_aside)
-    return ckpt
-
-
-def find_newest_checkpoint(run_dir: Path) -> tuple[Checkpoint, list[tuple[Path, str]]]:
-    """The newest checkpoint that loads cleanly and the ``(path, reason)`` of newer damaged
-    ones; reads only (see :func:`newest_checkpoint`)."""
-    ckpt_dir = run_dir / "checkpoints"
-    candidates = list(ckpt_dir.glob("*.safetensors"))
-    if not candidates:
-        raise CheckpointError(f"no checkpoint in {ckpt_dir}; nothing to resume (start the run "
-                              f"without --resume)")
-
-    def order(p: Path) -> tuple[float, int, int, float]:
-        kind = {"last.safetensors": 2, "best.safetensors": 0}.get(p.name, 1)
-        try:
-            progress = read_meta(p)["progress"]
-            mtime = p.stat().st_mtime
-            return float(progress["global_step"]), int(progress["epoch"]), kind, mtime
-        except (CheckpointError, KeyError, TypeError, ValueError, OSError):
-            return math.inf, 0, kind, 0.0  # unreadable: tried (and reported) first
-
-    failures: list[tuple[Path, str]] = []
-    for path in sorted(candidates, key=order, reverse=True):
-        try:
-            ckpt = load_checkpoint(path)
-            Progress(**ckpt.meta["progress"])
-        except (CheckpointError, KeyError, TypeError) as err:
-            reason = str(err) if isinstance(err, CheckpointError) else \
-                f"{path} lacks valid progress metadata ({err})"
-            failures.append((path, reason))
-            continue
-        return ckpt, failures
-    raise CheckpointError(f"no complete checkpoint in {ckpt_dir}: "
-                          + "; ".join(reason for _, reason in failures))
-
-
-def report_skipped(failures: list[tuple[Path, str]], chosen: Path,
-                   log: Callable[[str], None], *, set_aside: bool) -> None:
-    """Warn about each damaged checkpoint skipped in favour of ``chosen``; with ``set_aside``
-    rename damaged step checkpoints ``NAME.corrupt``."""
-    for bad, reason in failures:
-        note = ""
-        if set_aside and bad.name.startswith(STEP_PREFIX):  # best/last: rewritten later
-            try:
-                bad.replace(bad.with_name(bad.name + ".corrupt"))
-                note = f" (kept as {bad.name}.corrupt)"
-            except OSError:
-                pass
-        log(f"warning: {reason}; resuming from the previous complete checkpoint "
-            f"{chosen} instead{note}")
 
 
 def is_run_directory(path: Path) -> bool:
@@ -602,6 +410,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
     scaler = (torch.amp.GradScaler(dist_info.device.type) if cfg.precision == "fp16" else None)
 
     progress = Progress()
+    logs = RunLogs(run_dir, record_heads=cfg.record_heads)
     if ckpt is not None:
         saved = ckpt.meta.get("data", {}).get("train_sha256")
         if saved is not None and saved != fingerprint:
@@ -615,9 +424,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         say(f"resuming {run_dir} from {ckpt.path.name} (epoch {progress.epoch + 1}, "
             f"step {progress.step_in_epoch}/{steps_per_epoch})")
         if main:
-            done = progress.epoch
-            _truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("epoch", 0) <= done)
-            _truncate_jsonl(run_dir / "heads.jsonl", lambda r: r.get("epoch", 0) <= done)
+            logs.resume(progress.epoch)
     elif main:
         if overwrite and run_dir.is_dir():
             removed = clear_run_files(run_dir)
@@ -626,11 +433,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                     f"{', '.join(p.name for p in removed)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
-        for name in ("metrics.jsonl", "heads.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-        heads = gaussian_heads(model) if cfg.record_heads else []
-        if heads:
-            _append_jsonl(run_dir / "heads.jsonl", {"epoch": 0, "layers": heads})
+        logs.start(model)
 
     net: nn.Module = model
     if n_val == 0:
@@ -673,7 +476,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         last_good = path
 
     def save_step_checkpoint() -> Path:
-        path = ckpt_dir / f"{STEP_PREFIX}{progress.global_step:08d}.safetensors"
+        path = step_checkpoint_path(ckpt_dir, progress.global_step)
         save(path)
         if main:
             prune_step_checkpoints(ckpt_dir, cfg.keep_last)
@@ -693,7 +496,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
         save(ckpt_dir / "last.safetensors")
     crash_at = _crash_step(dist_info.rank)
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
-    board = tensorboard_writer(run_dir) if main else None
+    if main:
+        logs.open_board()
     result: dict[str, Any] = {}
     with _StopFlag() as stop:
         try:
@@ -763,16 +567,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed
                 progress.epoch, progress.step_in_epoch = epoch + 1, 0
                 progress.loss_sum = progress.correct = progress.seen = 0.0
                 if main:
-                    _append_jsonl(run_dir / "metrics.jsonl", row)
-                    heads = gaussian_heads(model) if cfg.record_heads else []
-                    if heads:
-                        _append_jsonl(run_dir / "heads.jsonl", {"epoch": epoch + 1,
-                                                                "layers": heads})
-                    if board is not None:
-                        for key, value in row.items():
-                            if key not in ("epoch", "step") and value is not None:
-                                board.add_scalar(key, value, epoch + 1)
-                        board.flush()
+                    logs.epoch(row, model)
                 # best before last: a kill between the two leaves last at the previous epoch,
                 # so the resumed run redoes this epoch and writes both again
                 if improved:
