@@ -93,8 +93,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
     purelib = Path(_check([str(python), "-c", "import sysconfig; "
                            "print(sysconfig.get_paths()['purelib'])"], base).strip())
-    deps = sysconfig.get_paths()["purelib"]  # torch, numpy, pip, ... of the test environment
-    (purelib / "_attnconv_test_dependencies.pth").write_text(deps + "\n")
+    # torch, numpy, pip, ... of the test environment (purelib and platlib differ on some systems)
+    deps = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (purelib / "_attnconv_test_dependencies.pth").write_text("".join(f"{d}\n" for d in deps))
     # --ignore-installed: the test environment's (editable) attnconv is visible through the .pth;
     # pip must neither see it as already satisfied nor try to uninstall it.
     _check([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
