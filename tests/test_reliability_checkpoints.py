@@ -19,6 +19,7 @@ import torch
 
 from attnconv.errors import CheckpointError
 from attnconv.train import TrainingDiverged, TrainingInterrupted, load_checkpoint, train
+from attnconv.train import engine as engine_module
 from attnconv.train import trainer as trainer_module
 from attnconv.train.config import config_from_dict
 from attnconv.train.resume import prune_step_checkpoints
@@ -139,7 +140,7 @@ def test_resume_falls_back_past_a_corrupted_newest_checkpoint(
 
 
 def _nan_loss_at(monkeypatch: pytest.MonkeyPatch, global_step: int) -> None:
-    real_step = trainer_module.train_step
+    real_step = engine_module.train_step
     calls = {"n": 0}
 
     def step(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +148,7 @@ def _nan_loss_at(monkeypatch: pytest.MonkeyPatch, global_step: int) -> None:
         calls["n"] += 1
         return (torch.tensor(float("nan")) if calls["n"] == global_step else loss), correct
 
-    monkeypatch.setattr(trainer_module, "train_step", step)
+    monkeypatch.setattr(engine_module, "train_step", step)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
@@ -169,7 +170,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 def test_non_finite_weights_are_never_saved(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A step whose loss looks finite but leaves inf weights: the next checkpoint is refused."""
-    real_step = trainer_module.train_step
+    real_step = engine_module.train_step
     calls = {"n": 0}
 
     def step(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -180,7 +181,7 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path,
                 next(model.parameters()).fill_(float("inf"))
         return out
 
-    monkeypatch.setattr(trainer_module, "train_step", step)
+    monkeypatch.setattr(engine_module, "train_step", step)
     with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite .*global step 4"):
         train(config_from_dict(small(tmp_path, "inf")), log=quiet)
     ckpts = tmp_path / "inf" / "checkpoints"

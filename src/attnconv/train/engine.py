@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +16,12 @@ from torch import Tensor, nn
 from attnconv.data import normalize
 from attnconv.data.transforms import crop_flip, draw_crop_flip
 from attnconv.errors import ConfigError
-from attnconv.train.distributed import DistInfo, all_reduce_sum
+from attnconv.train.distributed import DistInfo, all_reduce_sum, any_rank
+from attnconv.train.progress import Progress
+
+if TYPE_CHECKING:
+    from attnconv.data.training import Data
+    from attnconv.train.config import TrainConfig
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -74,6 +83,78 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Op
         optimizer.step()
     scheduler.step()
     return loss.detach(), (logits.argmax(dim=-1) == y).sum()
+
+
+class StepHooks(Protocol):
+    """What :func:`train_one_epoch` asks of the run around it (checkpoints, signals, errors)."""
+
+    def step_start(self, epoch: int, step: int) -> None:
+        """Step ``step`` (1-based) of ``epoch`` (0-based) begins."""
+
+    def diverged(self, what: str, global_step: int) -> Exception:
+        """The error to raise when the loss became non-finite at ``global_step``."""
+
+    def step_checkpoint(self) -> Path:
+        """Save a step checkpoint of the current progress; return its path."""
+
+    def stop_requested(self) -> bool:
+        """Whether this process received SIGINT/SIGTERM."""
+
+    def interrupted(self, saved: Path | None) -> Exception:
+        """The error that ends the run after a stop signal (``saved``: this step's checkpoint,
+        or None to write one now)."""
+
+
+def train_one_epoch(net: nn.Module, data: Data, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler | None, progress: Progress, *,
+                    cfg: TrainConfig, epoch: int, steps_per_epoch: int, info: DistInfo,
+                    hooks: StepHooks, progress_bar: bool = False) -> float:
+    """Train the remaining steps of ``epoch`` (from ``progress.step_in_epoch``); return the
+    seconds it took. ``progress`` counts the steps and sums the loss and accuracy.
+
+    Every rank takes its part of the same global batch; the loss guard and the stop check are
+    agreed between ranks so that all stop at the same step.
+    """
+    net.train()
+    n_train = len(data.train[1])
+    order = epoch_order(n_train, cfg.seed, epoch)
+    per_rank = cfg.batch_size // info.world_size
+    part = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
+    t0 = time.perf_counter()
+    steps: Iterable[int] = range(progress.step_in_epoch, steps_per_epoch)
+    if progress_bar:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    for step in steps:
+        hooks.step_start(epoch, step + 1)
+        batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
+                          augment=cfg.augment, device=info.device, part=part,
+                          generator=torch.Generator().manual_seed(
+                              step_seed(cfg.seed, epoch, step)))
+        # dropout masks depend on the step (and rank) only
+        torch.manual_seed(step_seed(cfg.seed, epoch, step, info.rank))
+        loss, correct = train_step(net, x, y, optimizer, scheduler,
+                                   precision=cfg.precision, scaler=scaler)
+        loss_value = loss.item()
+        if any_rank([not math.isfinite(loss_value)], info)[0]:
+            what = (f"the loss became {loss_value}" if not math.isfinite(loss_value)
+                    else "the loss became NaN or infinite on another rank")
+            raise hooks.diverged(what, progress.global_step + 1)
+        progress.loss_sum += loss_value * len(y)
+        progress.correct += float(correct)
+        progress.seen += len(y)
+        progress.step_in_epoch = step + 1
+        progress.global_step += 1
+        saved = None
+        if cfg.checkpoint_every_steps and (
+                progress.global_step % cfg.checkpoint_every_steps == 0):
+            saved = hooks.step_checkpoint()
+        if any_rank([hooks.stop_requested()], info)[0]:
+            progress.train_time_s += time.perf_counter() - t0
+            raise hooks.interrupted(saved)
+    return time.perf_counter() - t0
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -46,20 +45,14 @@ from attnconv.errors import AttnconvError, CheckpointError, ConfigError, ShapeEr
 from attnconv.models import create_model
 from attnconv.train import distributed
 from attnconv.train.checkpoint import (
+    Checkpoint,
     atomic_write_text,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
 )
 from attnconv.train.config import TrainConfig, config_from_dict, load_config
-from attnconv.train.engine import (
-    autocast,
-    epoch_order,
-    evaluate,
-    make_batch,
-    step_seed,
-    train_step,
-)
+from attnconv.train.engine import autocast, evaluate, make_batch, train_one_epoch
 from attnconv.train.logs import RunLogs
 from attnconv.train.memory import check_fits, estimate_training_memory
 from attnconv.train.model_io import model_kwargs
@@ -354,270 +347,289 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, dist_info: distributed.DistInfo,
          log: Callable[[str], None], progress_bar: bool | None, *, overwrite: bool = False,
          allow_config_change: bool = False) -> dict[str, Any]:
+    """Set up (or resume), train every epoch, test, write ``results.json``."""
     main = dist_info.is_main
     say = log if main else (lambda _msg: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    ckpt_dir = run_dir / "checkpoints"
     if cfg.batch_size % dist_info.world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the "
                           f"{dist_info.world_size} processes; choose a multiple")
-
-    ckpt = None
-    if resuming:  # fail before loading data, and before anything is written
-        ckpt, skipped = find_newest_checkpoint(run_dir)
-        changed = config_changes(ckpt.meta.get("config") or {}, cfg)
-        if changed and not allow_config_change:
-            raise ConfigError(
-                f"{run_dir / 'config.yaml'} no longer matches its checkpoint {ckpt.path.name}: "
-                f"{'; '.join(changed)}; restore config.yaml, or pass --allow-config-change to "
-                f"resume with the edited values (the result is then not the run it started as)")
-        if changed:
-            say(f"warning: resuming with a config.yaml edited since {ckpt.path.name}: "
-                f"{'; '.join(changed)}")
-        if main:
-            stale = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(run_dir)
-            if stale:
-                say(f"removed {len(stale)} unfinished temporary file(s) left by an interrupted "
-                    f"write: {', '.join(p.name for p in stale)}")
-        report_skipped(skipped, ckpt.path, say, set_aside=main)
-    data = load_data(cfg)
-    n_train = len(data.train[1])
-    n_val = len(data.val[1])
-    if len(data.test[1]) == 0:  # caught now, not after training
-        raise ConfigError(f"the test split of dataset={cfg.dataset} holds no images; a run "
-                          f"needs test images to report its accuracy")
-    steps_per_epoch = n_train // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training "
-                          f"images; lower batch_size")
-    fingerprint = data.train_fingerprint()
-    num_classes = len(data.classes)
-    per_rank = cfg.batch_size // dist_info.world_size
-    check_fits(estimate_training_memory(lambda: build_model(cfg, num_classes, data.shape),
-                                        (per_rank, *data.shape),
-                                        half_precision=cfg.precision != "fp32"),
-               dist_info.device, what=f"{cfg.model} ({cfg.model_args or 'default size'})",
-               batch_size=per_rank)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = build_model(cfg, num_classes, data.shape).to(dist_info.device)
-    check_model_takes_data(model, cfg, data, dist_info.device)
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = (torch.amp.GradScaler(dist_info.device.type) if cfg.precision == "fp16" else None)
-
-    progress = Progress()
-    logs = RunLogs(run_dir, record_heads=cfg.record_heads)
-    if ckpt is not None:
-        saved = ckpt.meta.get("data", {}).get("train_sha256")
-        if saved is not None and saved != fingerprint:
-            raise CheckpointError(
-                f"the training data of {run_dir} changed since {ckpt.path} was written (other "
-                f"images or labels under dataset={cfg.dataset}, data_dir={cfg.data_dir}); "
-                f"resuming would not continue the same run: restore the original files or "
-                f"start a new run")
-        restore(ckpt, model, optimizer, scheduler, scaler)
-        progress = Progress(**ckpt.meta["progress"])
-        say(f"resuming {run_dir} from {ckpt.path.name} (epoch {progress.epoch + 1}, "
-            f"step {progress.step_in_epoch}/{steps_per_epoch})")
-        if main:
-            logs.resume(progress.epoch)
-    elif main:
-        if overwrite and run_dir.is_dir():
-            removed = clear_run_files(run_dir)
-            if removed:
-                say(f"--overwrite: removed the previous run files in {run_dir}: "
-                    f"{', '.join(p.name for p in removed)}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        logs.start(model)
-
-    net: nn.Module = model
-    if n_val == 0:
-        say(f"no validation split (val_fraction={cfg.val_fraction:g}): training on all "
-            f"{n_train} training images; the final-epoch model is tested")
-    if dist_info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    meta_common = {"config": cfg.to_dict(), "model": cfg.model, "model_args": cfg.model_args,
-                   "num_classes": len(data.classes), "classes": data.classes,
-                   "in_chans": data.shape[0], "image_size": list(data.shape[1:]),
-                   "dataset": cfg.dataset, "mean": data.mean, "std": data.std}
-    last_good: Path | None = ckpt.path if ckpt is not None else None
-    where = {"epoch": progress.epoch, "step": progress.step_in_epoch}
-
-    def diverged(what: str, global_step: int) -> TrainingDiverged:
-        kept = (f"the last good checkpoint {last_good} is intact" if last_good is not None
-                else "no checkpoint had been written yet")
-        fp32 = " or use precision=fp32" if cfg.precision != "fp32" else ""
-        return TrainingDiverged(
-            f"{what} at epoch {where['epoch'] + 1}, step {where['step']} (global step "
-            f"{global_step}); training stopped and nothing was saved after it; {kept}; "
-            f"lower lr (now {cfg.lr:g}){fp32} and start a new run")
-
-    def save(path: Path) -> None:
-        """Save the full state to ``path`` (rank 0 writes; every rank checks the weights)."""
-        nonlocal last_good
-        if not _all_finite(model):
-            raise diverged("the weights became NaN or infinite", progress.global_step)
-        if main:
-            tensors, meta = capture(model, optimizer, scheduler, scaler)
-            data_position = {"n_train": n_train, "train_sha256": fingerprint,
-                             "epoch": progress.epoch,
-                             "position": progress.step_in_epoch * cfg.batch_size}
-            save_checkpoint(path, tensors, {**meta, **meta_common, "data": data_position,
-                                            "progress": asdict(progress)})
-        last_good = path
-
-    def save_step_checkpoint() -> Path:
-        path = step_checkpoint_path(ckpt_dir, progress.global_step)
-        save(path)
-        if main:
-            prune_step_checkpoints(ckpt_dir, cfg.keep_last)
-        return path
-
-    def interrupted(signum: int, path: Path) -> TrainingInterrupted:
-        name = signal.Signals(signum).name
-        return TrainingInterrupted(
-            f"interrupted by {name} at epoch {where['epoch'] + 1}, step {where['step']}; "
-            f"checkpoint saved to {path}; continue with: attnconv train --resume {run_dir}",
-            signum)
-
-    if ckpt is not None and progress.step_in_epoch == 0 and progress.epoch > 0 and (
-            ckpt.path.name != "last.safetensors"):
-        # resumed from an epoch-end checkpoint other than last (a kill between writing best
-        # and last): last must hold that epoch too, even if no epoch is left to run
-        save(ckpt_dir / "last.safetensors")
-    crash_at = _crash_step(dist_info.rank)
-    use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
-    if main:
-        logs.open_board()
-    result: dict[str, Any] = {}
+    ckpt = (_resume_point(cfg, run_dir, allow_config_change, main, say) if resuming
+            else None)  # fails before loading data, and before anything is written
+    data = _checked_data(cfg)
+    run = _Run(cfg, run_dir, data, dist_info, say)
+    run.start(ckpt, overwrite=overwrite)
+    use_bar = (progress_bar if progress_bar is not None else sys.stderr.isatty()) and main
     with _StopFlag() as stop:
+        run.stop = stop
         try:
-            for epoch in range(progress.epoch, cfg.epochs):
-                net.train()
-                order = epoch_order(n_train, cfg.seed, epoch)
-                t0 = time.perf_counter()
-                steps = range(progress.step_in_epoch, steps_per_epoch)
-                bar = None
-                if use_bar and main:
-                    from tqdm import tqdm
-                    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-                for step in bar if bar is not None else steps:
-                    where.update(epoch=epoch, step=step + 1)
-                    if crash_at is not None and progress.global_step == crash_at:
-                        _crash(stop)  # test hook: die like a killed worker (or pause)
-                    batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    part = slice(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
-                    x, y = make_batch(*data.train, batch, mean=data.mean, std=data.std,
-                                      augment=cfg.augment, device=dist_info.device, part=part,
-                                      generator=torch.Generator().manual_seed(
-                                          step_seed(cfg.seed, epoch, step)))
-                    # dropout masks depend on the step (and rank) only
-                    torch.manual_seed(step_seed(cfg.seed, epoch, step, dist_info.rank))
-                    loss, correct = train_step(net, x, y, optimizer, scheduler,
-                                               precision=cfg.precision, scaler=scaler)
-                    loss_value = loss.item()
-                    if distributed.any_rank([not math.isfinite(loss_value)], dist_info)[0]:
-                        what = (f"the loss became {loss_value}" if not
-                                math.isfinite(loss_value) else
-                                "the loss became NaN or infinite on another rank")
-                        raise diverged(what, progress.global_step + 1)
-                    progress.loss_sum += loss_value * len(y)
-                    progress.correct += float(correct)
-                    progress.seen += len(y)
-                    progress.step_in_epoch = step + 1
-                    progress.global_step += 1
-                    saved = None
-                    if cfg.checkpoint_every_steps and (
-                            progress.global_step % cfg.checkpoint_every_steps == 0):
-                        saved = save_step_checkpoint()
-                    if distributed.any_rank([stop.signal is not None], dist_info)[0]:
-                        progress.train_time_s += time.perf_counter() - t0
-                        saved = saved or save_step_checkpoint()
-                        raise interrupted(stop.signal or signal.SIGTERM, saved)
-                epoch_time = time.perf_counter() - t0
-                progress.train_time_s += epoch_time
-                loss_sum, correct, seen = distributed.all_reduce_sum(
-                    [progress.loss_sum, progress.correct, progress.seen], dist_info)
-                # no validation split: no validation metrics (None), never a made-up 0.0
-                val: dict[str, float | None] = {"loss": None, "accuracy": None}
-                if n_val:
-                    val = dict(evaluate(model, *data.val, mean=data.mean, std=data.std,
-                                        batch_size=cfg.eval_batch_size,
-                                        device=dist_info.device, precision=cfg.precision,
-                                        info=dist_info))
-                row = {"epoch": epoch + 1, "step": progress.global_step,
-                       "train_loss": loss_sum / max(seen, 1),
-                       "train_accuracy": correct / max(seen, 1),
-                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                       "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                       "images_per_s": seen / max(epoch_time, 1e-9)}
-                improved = (val["accuracy"] is not None
-                            and val["accuracy"] > progress.best_val_accuracy)
-                if improved:
-                    progress.best_val_accuracy, progress.best_epoch = val["accuracy"], epoch + 1
-                progress.epoch, progress.step_in_epoch = epoch + 1, 0
-                progress.loss_sum = progress.correct = progress.seen = 0.0
-                if main:
-                    logs.epoch(row, model)
-                # best before last: a kill between the two leaves last at the previous epoch,
-                # so the resumed run redoes this epoch and writes both again
-                if improved:
-                    save(ckpt_dir / "best.safetensors")
-                save(ckpt_dir / "last.safetensors")
-                val_text = (f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-                            if n_val else "no validation split")
-                say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_accuracy']:.4f}  {val_text}  "
-                    f"{row['images_per_s']:.0f} img/s")
+            for epoch in range(run.progress.epoch, cfg.epochs):
+                epoch_time = train_one_epoch(
+                    run.net, data, run.optimizer, run.scheduler, run.scaler, run.progress,
+                    cfg=cfg, epoch=epoch, steps_per_epoch=run.steps_per_epoch, info=dist_info,
+                    hooks=run, progress_bar=use_bar)
+                run.end_epoch(epoch, epoch_time)
                 if distributed.any_rank([stop.signal is not None], dist_info)[0]:
-                    raise interrupted(stop.signal or signal.SIGTERM, ckpt_dir / "last.safetensors")
-
-            if main and n_val:  # the best epoch by validation; without a split, the last
-                unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.safetensors")
-                                              .section("model"))
-            if dist_info.distributed:  # every rank evaluates its shard with the same weights
-                for tensor in unwrap(model).state_dict().values():
-                    torch.distributed.broadcast(tensor, src=0)
-            test = evaluate(model, *data.test, mean=data.mean, std=data.std,
-                            batch_size=cfg.eval_batch_size, device=dist_info.device,
-                            precision=cfg.precision, info=dist_info)
+                    raise run.interrupted(run.ckpt_dir / "last.safetensors")
+            test = run.test()
         except RuntimeError as err:
             if not dist_info.distributed or isinstance(err, AttnconvError):
                 raise
-            kept = (f"the last complete checkpoint is {last_good}" if last_good is not None
-                    else f"the newest complete checkpoint in {ckpt_dir} is intact")
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise WorkerFailed(
-                f"rank {dist_info.rank}: a collective failed at epoch {where['epoch'] + 1}, "
-                f"step {where['step']} (another worker died, or hung for more than "
-                f"dist_timeout_s={cfg.dist_timeout_s:g} s: {first}); {kept}; continue with: "
-                f"attnconv train --resume {run_dir}") from err
+            raise run.worker_failed(err) from err
         if stop.signal is not None:  # arrived during the test evaluation: only that is left
-            raise interrupted(stop.signal, ckpt_dir / "last.safetensors")
-        selected = "best" if n_val else "last"
+            raise run.interrupted(run.ckpt_dir / "last.safetensors")
+        return run.finish(test)
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path, allow_config_change: bool, main: bool,
+                  say: Callable[[str], None]) -> Checkpoint:
+    """The checkpoint a resume starts from, once its config is checked against config.yaml
+    (rank 0 also removes temporary files an interrupted write left)."""
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt, skipped = find_newest_checkpoint(run_dir)
+    changed = config_changes(ckpt.meta.get("config") or {}, cfg)
+    if changed and not allow_config_change:
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'} no longer matches its checkpoint {ckpt.path.name}: "
+            f"{'; '.join(changed)}; restore config.yaml, or pass --allow-config-change to "
+            f"resume with the edited values (the result is then not the run it started as)")
+    if changed:
+        say(f"warning: resuming with a config.yaml edited since {ckpt.path.name}: "
+            f"{'; '.join(changed)}")
+    if main:
+        stale = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(run_dir)
+        if stale:
+            say(f"removed {len(stale)} unfinished temporary file(s) left by an interrupted "
+                f"write: {', '.join(p.name for p in stale)}")
+    report_skipped(skipped, ckpt.path, say, set_aside=main)
+    return ckpt
+
+
+def _checked_data(cfg: TrainConfig) -> Data:
+    """The run's data, refused when it has no test images or fewer images than one batch."""
+    data = load_data(cfg)
+    n_train = len(data.train[1])
+    if len(data.test[1]) == 0:  # caught now, not after training
+        raise ConfigError(f"the test split of dataset={cfg.dataset} holds no images; a run "
+                          f"needs test images to report its accuracy")
+    if n_train // cfg.batch_size == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {n_train} training "
+                          f"images; lower batch_size")
+    return data
+
+
+class _Run:
+    """One run's state between set-up and results: the model and its optimiser, the progress,
+    the last good checkpoint. Implements :class:`~attnconv.train.engine.StepHooks`."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Data,
+                 dist_info: distributed.DistInfo, say: Callable[[str], None]) -> None:
+        self.cfg, self.run_dir, self.data, self.info, self.say = cfg, run_dir, data, dist_info, say
+        self.main = dist_info.is_main
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.n_train, self.n_val = len(data.train[1]), len(data.val[1])
+        self.steps_per_epoch = self.n_train // cfg.batch_size
+        self.fingerprint = data.train_fingerprint()
+        num_classes = len(data.classes)
+        per_rank = cfg.batch_size // dist_info.world_size
+        check_fits(estimate_training_memory(lambda: build_model(cfg, num_classes, data.shape),
+                                            (per_rank, *data.shape),
+                                            half_precision=cfg.precision != "fp32"),
+                   dist_info.device, what=f"{cfg.model} ({cfg.model_args or 'default size'})",
+                   batch_size=per_rank)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = build_model(cfg, num_classes, data.shape).to(dist_info.device)
+        check_model_takes_data(self.model, cfg, data, dist_info.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = (torch.amp.GradScaler(dist_info.device.type) if cfg.precision == "fp16"
+                       else None)
+        self.net: nn.Module = self.model
+        self.progress = Progress()
+        self.logs = RunLogs(run_dir, record_heads=cfg.record_heads)
+        self.meta_common = {
+            "config": cfg.to_dict(), "model": cfg.model, "model_args": cfg.model_args,
+            "num_classes": num_classes, "classes": data.classes, "in_chans": data.shape[0],
+            "image_size": list(data.shape[1:]), "dataset": cfg.dataset, "mean": data.mean,
+            "std": data.std}
+        self.last_good: Path | None = None
+        self.where = {"epoch": 0, "step": 0}
+        self.stop: _StopFlag | None = None
+        self.crash_at = _crash_step(dist_info.rank)
+
+    def start(self, ckpt: Checkpoint | None, *, overwrite: bool) -> None:
+        """Restore ``ckpt`` (a resume) or prepare a new run directory; wrap the model."""
+        cfg, run_dir, say = self.cfg, self.run_dir, self.say
+        if ckpt is not None:
+            saved = ckpt.meta.get("data", {}).get("train_sha256")
+            if saved is not None and saved != self.fingerprint:
+                raise CheckpointError(
+                    f"the training data of {run_dir} changed since {ckpt.path} was written "
+                    f"(other images or labels under dataset={cfg.dataset}, "
+                    f"data_dir={cfg.data_dir}); resuming would not continue the same run: "
+                    f"restore the original files or start a new run")
+            restore(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
+            self.progress = Progress(**ckpt.meta["progress"])
+            say(f"resuming {run_dir} from {ckpt.path.name} (epoch {self.progress.epoch + 1}, "
+                f"step {self.progress.step_in_epoch}/{self.steps_per_epoch})")
+            if self.main:
+                self.logs.resume(self.progress.epoch)
+            self.last_good = ckpt.path
+        elif self.main:
+            if overwrite and run_dir.is_dir():
+                removed = clear_run_files(run_dir)
+                if removed:
+                    say(f"--overwrite: removed the previous run files in {run_dir}: "
+                        f"{', '.join(p.name for p in removed)}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(run_dir / "config.yaml")
+            self.logs.start(self.model)
+        if self.n_val == 0:
+            say(f"no validation split (val_fraction={cfg.val_fraction:g}): training on all "
+                f"{self.n_train} training images; the final-epoch model is tested")
+        if self.info.distributed:
+            device = self.info.device
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.where = {"epoch": self.progress.epoch, "step": self.progress.step_in_epoch}
+        if ckpt is not None and self.progress.step_in_epoch == 0 and self.progress.epoch > 0 \
+                and ckpt.path.name != "last.safetensors":
+            # resumed from an epoch-end checkpoint other than last (a kill between writing
+            # best and last): last must hold that epoch too, even if no epoch is left to run
+            self.save(self.ckpt_dir / "last.safetensors")
+        if self.main:
+            self.logs.open_board()
+
+    # -- StepHooks -----------------------------------------------------------------------
+    def step_start(self, epoch: int, step: int) -> None:
+        self.where.update(epoch=epoch, step=step)
+        if self.crash_at is not None and self.progress.global_step == self.crash_at:
+            assert self.stop is not None
+            _crash(self.stop)  # test hook: die like a killed worker (or pause)
+
+    def diverged(self, what: str, global_step: int) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {self.last_good} is intact"
+                if self.last_good is not None else "no checkpoint had been written yet")
+        fp32 = " or use precision=fp32" if self.cfg.precision != "fp32" else ""
+        return TrainingDiverged(
+            f"{what} at epoch {self.where['epoch'] + 1}, step {self.where['step']} (global step "
+            f"{global_step}); training stopped and nothing was saved after it; {kept}; "
+            f"lower lr (now {self.cfg.lr:g}){fp32} and start a new run")
+
+    def step_checkpoint(self) -> Path:
+        path = step_checkpoint_path(self.ckpt_dir, self.progress.global_step)
+        self.save(path)
+        if self.main:
+            prune_step_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+        return path
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.signal is not None
+
+    def interrupted(self, saved: Path | None) -> TrainingInterrupted:
+        saved = saved or self.step_checkpoint()
+        signum = (self.stop.signal if self.stop is not None else None) or signal.SIGTERM
+        return TrainingInterrupted(
+            f"interrupted by {signal.Signals(signum).name} at epoch {self.where['epoch'] + 1}, "
+            f"step {self.where['step']}; checkpoint saved to {saved}; continue with: "
+            f"attnconv train --resume {self.run_dir}", signum)
+
+    # -- checkpoints, epochs, results ----------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Save the full state to ``path`` (rank 0 writes; every rank checks the weights)."""
+        if not _all_finite(self.model):
+            raise self.diverged("the weights became NaN or infinite", self.progress.global_step)
+        if self.main:
+            tensors, meta = capture(self.model, self.optimizer, self.scheduler, self.scaler)
+            data_position = {"n_train": self.n_train, "train_sha256": self.fingerprint,
+                             "epoch": self.progress.epoch,
+                             "position": self.progress.step_in_epoch * self.cfg.batch_size}
+            save_checkpoint(path, tensors, {**meta, **self.meta_common, "data": data_position,
+                                            "progress": asdict(self.progress)})
+        self.last_good = path
+
+    def end_epoch(self, epoch: int, epoch_time: float) -> None:
+        """Validate, log, update best/last after ``epoch`` (0-based) took ``epoch_time`` s."""
+        cfg, data, progress = self.cfg, self.data, self.progress
+        progress.train_time_s += epoch_time
+        loss_sum, correct, seen = distributed.all_reduce_sum(
+            [progress.loss_sum, progress.correct, progress.seen], self.info)
+        # no validation split: no validation metrics (None), never a made-up 0.0
+        val: dict[str, float | None] = {"loss": None, "accuracy": None}
+        if self.n_val:
+            val = dict(evaluate(self.model, *data.val, mean=data.mean, std=data.std,
+                                batch_size=cfg.eval_batch_size, device=self.info.device,
+                                precision=cfg.precision, info=self.info))
+        row = {"epoch": epoch + 1, "step": progress.global_step,
+               "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+               "images_per_s": seen / max(epoch_time, 1e-9)}
+        improved = val["accuracy"] is not None and val["accuracy"] > progress.best_val_accuracy
+        if improved:
+            progress.best_val_accuracy, progress.best_epoch = val["accuracy"], epoch + 1
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        progress.loss_sum = progress.correct = progress.seen = 0.0
+        if self.main:
+            self.logs.epoch(row, self.model)
+        # best before last: a kill between the two leaves last at the previous epoch,
+        # so the resumed run redoes this epoch and writes both again
+        if improved:
+            self.save(self.ckpt_dir / "best.safetensors")
+        self.save(self.ckpt_dir / "last.safetensors")
+        val_text = (f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+                    if self.n_val else "no validation split")
+        self.say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                 f"acc {row['train_accuracy']:.4f}  {val_text}  "
+                 f"{row['images_per_s']:.0f} img/s")
+
+    def test(self) -> dict[str, float]:
+        """Test the best epoch by validation (without a split, the last) on every rank."""
+        model = unwrap(self.model)
+        if self.main and self.n_val:
+            model.load_state_dict(load_checkpoint(self.ckpt_dir / "best.safetensors")
+                                  .section("model"))
+        if self.info.distributed:  # every rank evaluates its shard with the same weights
+            for tensor in model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        return evaluate(self.model, *self.data.test, mean=self.data.mean, std=self.data.std,
+                        batch_size=self.cfg.eval_batch_size, device=self.info.device,
+                        precision=self.cfg.precision, info=self.info)
+
+    def worker_failed(self, err: RuntimeError) -> WorkerFailed:
+        """The error for a failed collective, naming the checkpoint to resume from."""
+        kept = (f"the last complete checkpoint is {self.last_good}" if self.last_good is not None
+                else f"the newest complete checkpoint in {self.ckpt_dir} is intact")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return WorkerFailed(
+            f"rank {self.info.rank}: a collective failed at epoch {self.where['epoch'] + 1}, "
+            f"step {self.where['step']} (another worker died, or hung for more than "
+            f"dist_timeout_s={self.cfg.dist_timeout_s:g} s: {first}); {kept}; continue with: "
+            f"attnconv train --resume {self.run_dir}")
+
+    def finish(self, test: dict[str, float]) -> dict[str, Any]:
+        """The results dictionary (rank 0 writes ``results.json``)."""
+        cfg, progress, n_val = self.cfg, self.progress, self.n_val
         result = {"name": cfg.name, "model": cfg.model, "dataset": cfg.dataset,
-                  "params": params, "epochs": cfg.epochs,
+                  "params": self.params, "epochs": cfg.epochs,
                   "best_epoch": progress.best_epoch if n_val else None,
                   "best_val_accuracy": progress.best_val_accuracy if n_val else None,
-                  "selected": selected,
+                  "selected": "best" if n_val else "last",
                   "tested_epoch": progress.best_epoch if n_val else cfg.epochs,
-                  "train_images": n_train, "val_images": n_val,
+                  "train_images": self.n_train, "val_images": n_val,
                   "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-                  "train_time_s": progress.train_time_s, "world_size": dist_info.world_size,
-                  "device": str(dist_info.device), "precision": cfg.precision}
-        if main:
-            atomic_write_text(run_dir / "results.json", json.dumps(result, indent=2) + "\n")
+                  "train_time_s": progress.train_time_s, "world_size": self.info.world_size,
+                  "device": str(self.info.device), "precision": cfg.precision}
+        if self.main:
+            atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
         which = (f"best epoch {progress.best_epoch} by validation accuracy" if n_val else
                  f"final epoch {cfg.epochs}; no validation split")
-        say(f"test accuracy {test['accuracy']:.4f} ({which}); results in "
-            f"{run_dir / 'results.json'}")
-    return result
+        self.say(f"test accuracy {test['accuracy']:.4f} ({which}); results in "
+                 f"{self.run_dir / 'results.json'}")
+        return result
