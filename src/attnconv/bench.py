@@ -571,7 +571,8 @@ def bench_compile(cfg: BenchConfig, name: str, device: torch.device) -> dict[str
 
 SMALL_SA = {"hidden_size": 32, "num_layers": 3, "heads": 9, "ffn_size": 64, "dropout": 0.0,
             "attn_dropout": 0.0}
-"""The demo's SA network (``attnconv demo``, configs/cpu/demo-sa-quadratic.yaml)."""
+"""The SA network of the ``fashion-sa-quadratic`` config (3 x 9 heads; the demo's before it
+moved to 2 x 16 heads, docs/demo-tuning.md)."""
 SMALL_CNN = {"base_width": 4}
 """A CIFAR ResNet18 with about the demo SA network's parameter count (44.6k vs 44.4k)."""
 

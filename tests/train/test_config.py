@@ -109,9 +109,33 @@ def test_paper_configs_follow_the_recipe() -> None:
 def test_demo_configs_match_the_demo_command() -> None:
     from attnconv.commands.demo import DEMO_RUNS, demo_config
 
-    for run in DEMO_RUNS:
-        shipped = load_config(ROOT / "configs" / "cpu" / f"demo-{run}.yaml")
-        assert shipped == demo_config(run, "runs/demo")
+    for run in DEMO_RUNS:  # `attnconv train --config demo-R` trains what the demo trains
+        assert load_config(f"demo-{run}") == demo_config(run, "runs/demo")
+        assert shipped_configs()[f"demo-{run}"].group == "cpu"
+
+
+def test_the_demo_reads_its_settings_from_the_shipped_configs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnconv.commands.demo import demo_config, scaled_milestones
+    from attnconv.train import config as config_module
+
+    edited = tmp_path / "demo-cnn.yaml"
+    data = yaml.safe_load(shipped_configs()["demo-cnn"].resource.read_text())
+    edited.write_text(yaml.safe_dump({**data, "lr": 0.3, "epochs": 7, "batch_size": 20}))
+    shipped = {**shipped_configs(), "demo-cnn": config_module.ShippedConfig("demo-cnn", "cpu",
+                                                                           edited)}
+    monkeypatch.setattr(config_module, "shipped_configs", lambda: shipped)
+    cfg = demo_config("cnn", tmp_path / "out")
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.3, 7, 20)
+    assert (cfg.name, cfg.out_dir) == ("cnn", str(tmp_path / "out"))
+    assert cfg.milestones == scaled_milestones(7)
+    assert demo_config("cnn", "o", epochs=30).milestones == scaled_milestones(30)
+    monkeypatch.chdir(tmp_path)  # a file named like the shipped config does not shadow it
+    Path("demo-sa-quadratic").write_text(yaml.safe_dump({"lr": 0.5}))
+    sa_lr = yaml.safe_load(shipped_configs()["demo-sa-quadratic"].resource.read_text())["lr"]
+    assert sa_lr != 0.5 and demo_config("sa-quadratic", "o").lr == sa_lr
+    with pytest.raises(ConfigError, match="unknown demo run 'resnet'"):
+        demo_config("resnet", "o")
 
 
 def test_overrides_and_nesting() -> None:

@@ -4,9 +4,10 @@ test split, print a table, show how the Gaussian heads moved away from the query
 many of the 3x3 grid's offsets they cover, then convert the trained CNN to self-attention
 (Theorem 1) and check that it classifies every test image the same way.
 
-The demo's settings live here (:data:`DEMO_RUNS`, :data:`DEMO_COMMON`);
-``configs/cpu/demo-*.yaml`` hold the same settings for ``attnconv train`` (a test checks that
-they agree).
+The demo's settings have one source: the configs shipped as ``demo-sa-quadratic`` and
+``demo-cnn`` (``src/attnconv/configs/cpu/demo-*.yaml``, also trainable alone with
+``attnconv train --config demo-cnn``); this command sets only the run name, the output folder,
+and ``--epochs`` / ``--train-subset``.
 """
 
 from __future__ import annotations
@@ -28,40 +29,9 @@ HELP = ("train a small SA-quadratic net and a parameter-matched CNN on the embed
 PAPER_MILESTONES = (80, 150, 250)
 PAPER_EPOCHS = 300
 
-# The two demo runs (Table 1 in miniature): same data, epochs, batch and optimiser (SGD lr 0.2,
-# momentum 0.9, weight decay 1e-4), each with its own schedule from the paper, and about the
-# same number of parameters (44,170 SA and 44,550 CNN at 28x28x1: within 1%). Chosen by
-# experiment (docs/demo-tuning.md): of the sizes and recipes tried within the paper's method,
-# this one gives the smallest accuracy gap.
-DEMO_RUNS: dict[str, dict[str, Any]] = {
-    "sa-quadratic": {
-        "model": "sa-quadratic",
-        # 14x14 tokens (2x2 space-to-depth of 28x28), 2 layers of 16 Gaussian heads (the paper's
-        # 16-head variant): at the same parameters and time, 16 heads per layer learn faster
-        # than 3 layers of 9 and give the first layer enough heads to cover the 3x3 grid. No
-        # dropout: a few epochs do not overfit, and without attention dropout the exact
-        # separable path applies (the softmax factorises into row x column).
-        "model_args": {"hidden_size": 32, "num_layers": 2, "heads": 16, "ffn_size": 64,
-                       "dropout": 0.0, "attn_dropout": 0.0},
-        # The paper's SA recipe, linear warm-up then cosine, with a longer warm-up (20% of the
-        # steps instead of 5%): at lr 0.2 the short warm-up of a short run throws the heads
-        # about before they settle (docs/demo-tuning.md).
-        "schedule": "warmup-cosine",
-        "warmup_fraction": 0.2,
-    },
-    "cnn": {
-        "model": "resnet18",
-        "model_args": {"base_width": 4},  # CIFAR ResNet18, 4-8-16-32 channels: 44,550 params
-        "schedule": "multistep",  # the paper's ResNet recipe, milestones scaled to the epochs
-        "gamma": 0.1,
-    },
-}
-# lr 0.2 (the paper's 0.1 doubled) for both: in 10-12 epochs it moves the Gaussian heads further
-# and gives both models a little more accuracy than 0.1; 12 epochs bring the SA network within
-# 10 points of the CNN (docs/demo-tuning.md).
-DEMO_COMMON: dict[str, Any] = {"dataset": "embedded", "epochs": 12, "batch_size": 50,
-                               "val_fraction": 0.1, "augment": True, "seed": 0, "lr": 0.2,
-                               "momentum": 0.9, "weight_decay": 1e-4}
+#: The demo's two runs (Table 1 in miniature), in training order; run ``R`` is the shipped config
+#: ``demo-R`` (why each setting: the comments there and docs/demo-tuning.md).
+DEMO_RUNS: tuple[str, ...] = ("sa-quadratic", "cnn")
 
 
 def scaled_milestones(epochs: int) -> list[int]:
@@ -75,10 +45,18 @@ def scaled_milestones(epochs: int) -> list[int]:
 
 def demo_config(run: str, out_dir: str | Path, epochs: int | None = None,
                 train_subset: int | None = None) -> Any:
-    """The :class:`~attnconv.train.TrainConfig` of one demo run."""
-    from attnconv.train.config import config_from_dict
+    """The :class:`~attnconv.train.TrainConfig` of one demo run: the shipped ``demo-<run>``.
 
-    data = {**DEMO_COMMON, **DEMO_RUNS[run], "name": run, "out_dir": str(out_dir)}
+    Always the packaged file (a file named ``demo-cnn`` in the working directory does not
+    shadow it); ``epochs`` rescales the CNN's milestones as the paper's fractions.
+    """
+    from attnconv.errors import ConfigError
+    from attnconv.train.config import config_from_dict, read_yaml_mapping, shipped_configs
+
+    if run not in DEMO_RUNS:
+        raise ConfigError(f"unknown demo run {run!r}; the demo runs are {', '.join(DEMO_RUNS)}")
+    data = read_yaml_mapping(shipped_configs()[f"demo-{run}"].resource)
+    data.update(name=run, out_dir=str(out_dir))
     if epochs is not None:
         data["epochs"] = epochs
     if train_subset is not None:
@@ -92,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Output directory, length, and switches for a quick check."""
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs per model (default {DEMO_COMMON['epochs']})")
+                        help="epochs per model (default: the epochs of the demo configs)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo in --out (otherwise it is an error)")
     parser.add_argument("--train-subset", type=int, default=None, metavar="N",
@@ -221,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
           f"{check.attention_time_s:.1f} s as attention ({check.dtype}).")
 
     movement = head_movement(out / "sa-quadratic")
-    heads = DEMO_RUNS["sa-quadratic"]["model_args"]["heads"]
+    heads = demo_config("sa-quadratic", out).model_args["heads"]
     print()
     print(f"Gaussian heads of sa-quadratic (mean over {heads} heads; distance of the centre from "
           f"the query pixel, in tokens):")
