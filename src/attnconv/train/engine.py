@@ -114,7 +114,8 @@ def train_one_epoch(net: nn.Module, data: Data, optimizer: torch.optim.Optimizer
     seconds it took. ``progress`` counts the steps and sums the loss and accuracy.
 
     Every rank takes its part of the same global batch; the loss guard and the stop check are
-    agreed between ranks so that all stop at the same step.
+    agreed between ranks (one all-reduce per step, a second one after a step checkpoint) so
+    that all stop at the same step.
     """
     net.train()
     n_train = len(data.train[1])
@@ -137,8 +138,13 @@ def train_one_epoch(net: nn.Module, data: Data, optimizer: torch.optim.Optimizer
         torch.manual_seed(step_seed(cfg.seed, epoch, step, info.rank))
         loss, correct = train_step(net, x, y, optimizer, scheduler,
                                    precision=cfg.precision, scaler=scaler)
+        # the guard reads the loss every step (one host sync either way); summed as a Python
+        # float, exactly as logged and checkpointed
         loss_value = loss.item()
-        if any_rank([not math.isfinite(loss_value)], info)[0]:
+        # one collective per step: "non-finite loss on some rank?" and "stop signal on some
+        # rank?" in one tensor
+        bad, stop = any_rank([not math.isfinite(loss_value), hooks.stop_requested()], info)
+        if bad:
             what = (f"the loss became {loss_value}" if not math.isfinite(loss_value)
                     else "the loss became NaN or infinite on another rank")
             raise hooks.diverged(what, progress.global_step + 1)
@@ -151,7 +157,10 @@ def train_one_epoch(net: nn.Module, data: Data, optimizer: torch.optim.Optimizer
         if cfg.checkpoint_every_steps and (
                 progress.global_step % cfg.checkpoint_every_steps == 0):
             saved = hooks.step_checkpoint()
-        if any_rank([hooks.stop_requested()], info)[0]:
+            # a checkpoint step asks again after its write: a signal that arrived during the
+            # write stops the run at this step, with this checkpoint
+            stop = any_rank([hooks.stop_requested()], info)[0]
+        if stop:
             progress.train_time_s += time.perf_counter() - t0
             raise hooks.interrupted(saved)
     return time.perf_counter() - t0
