@@ -12,6 +12,7 @@ must all come from the installed package.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -55,9 +56,16 @@ def _clean_env() -> dict[str, str]:
 
 
 def _missing_tools() -> str | None:
-    for module in ("venv", "pip", "setuptools", "wheel"):
-        if importlib.util.find_spec(module) is None:
-            return f"the '{module}' module is not installed in {sys.executable}"
+    # Ask the installed distributions, not the import system: setuptools' distutils shim
+    # answers importlib.util.find_spec("pip") by switching itself off for the whole process,
+    # after which a later torch.compile (its C++ builder imports setuptools) fails.
+    for name in ("pip", "setuptools", "wheel"):
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return f"the '{name}' package is not installed in {sys.executable}"
+    if importlib.util.find_spec("venv") is None:
+        return f"the 'venv' module is missing from {sys.executable}"
     return None
 
 
