@@ -18,7 +18,7 @@
 # pure-Python requirements are installed there. With a GPU but no venv and no CUDA torch at
 # all, `make setup` is tried (PyPI's Linux torch wheel is a CUDA build) and .venv is used if it
 # then sees CUDA. The package runs from src/ (PYTHONPATH), no install needed.
-# Test hook (tests/test_gpu_check.py only): ATTNCONV_GPU_CHECK_FAKE_CPU=1 runs every step on the
+# Test hook (tests/scripts/test_gpu_check.py only): ATTNCONV_GPU_CHECK_FAKE_CPU=1 runs every step on the
 # CPU with the interpreter that runs the test (ATTNCONV_PYTHON), `bench --tiny`, and the tests
 # selected by ATTNCONV_GPU_CHECK_K, to check the script itself on a machine without a GPU.
 # Exit status: 0 all passed, 1 a test or the benchmark failed (the summary says which), 2 usage,

@@ -66,7 +66,7 @@ from attnconv.train.resume import (
 )
 from attnconv.train.state import capture, restore, unwrap
 
-#: Test hook (used by tests/test_reliability_distributed.py and test_reliability_kill.py, never
+#: Test hook (used by tests/train/test_reliability_distributed.py and _kill.py, never
 #: set it otherwise): the process of rank ``$ATTNCONV_TEST_CRASH_RANK`` dies just before global
 #: step ``$ATTNCONV_TEST_CRASH_STEP`` (once that many steps and their checkpoints are done),
 #: with ``os._exit(1)`` as a worker killed by the kernel would, or, when

@@ -19,7 +19,7 @@ from types import ModuleType
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 CUDA_HERE = torch.cuda.is_available() or shutil.which("nvidia-smi") is not None
 

@@ -16,10 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from attnconv.cli import main
-from attnconv.train import load_checkpoint
-from attnconv.train.trainer import CRASH_HOW_ENV, CRASH_RANK_ENV, CRASH_STEP_ENV
 from test_reliability_helpers import (
     ENV,
     assert_no_partial_files,
@@ -32,6 +28,10 @@ from test_reliability_helpers import (
     start_train,
     wait_until,
 )
+
+from attnconv.cli import main
+from attnconv.train import load_checkpoint
+from attnconv.train.trainer import CRASH_HOW_ENV, CRASH_RANK_ENV, CRASH_STEP_ENV
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

@@ -16,13 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-
-from attnconv.errors import CheckpointError
-from attnconv.train import TrainingDiverged, TrainingInterrupted, load_checkpoint, train
-from attnconv.train import engine as engine_module
-from attnconv.train import trainer as trainer_module
-from attnconv.train.config import config_from_dict
-from attnconv.train.resume import prune_step_checkpoints
 from test_reliability_helpers import (
     STEPS,
     assert_no_partial_files,
@@ -31,6 +24,13 @@ from test_reliability_helpers import (
     reference_run,
     small,
 )
+
+from attnconv.errors import CheckpointError
+from attnconv.train import TrainingDiverged, TrainingInterrupted, load_checkpoint, train
+from attnconv.train import engine as engine_module
+from attnconv.train import trainer as trainer_module
+from attnconv.train.config import config_from_dict
+from attnconv.train.resume import prune_step_checkpoints
 
 
 def train_until(monkeypatch: pytest.MonkeyPatch, at_step: int, **train_args: Any) -> None:

@@ -23,6 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_reliability_helpers import (
+    ENV,
+    SMALL,
+    assert_no_partial_files,
+    assert_same_final_state,
+    one_line,
+    overrides,
+    reference_run,
+)
 from torch import nn
 
 from attnconv.cli import main
@@ -36,17 +45,8 @@ from attnconv.errors import (
 from attnconv.models import create_model
 from attnconv.theorem import conv_to_attention
 from attnconv.train.trainer import TrainingDiverged
-from test_reliability_helpers import (
-    ENV,
-    SMALL,
-    assert_no_partial_files,
-    assert_same_final_state,
-    one_line,
-    overrides,
-    reference_run,
-)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_reliability_helpers import ENV, assert_no_partial_files, overrides, small
 
 from attnconv.cli import main
 from attnconv.train import distributed, load_checkpoint
 from attnconv.train.config import load_config
 from attnconv.train.trainer import CRASH_HOW_ENV, CRASH_RANK_ENV, CRASH_STEP_ENV
-from test_reliability_helpers import ENV, assert_no_partial_files, overrides, small
 
 HANG_S = 240  # a job still running after this hangs (the default dist_timeout_s is 300 s)
 
