@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from attnconv.atomic import TMP_GLOB, atomic_write_bytes
 from attnconv.errors import CheckpointError
 from attnconv.train.checkpoint_meta import validate_meta
 
@@ -41,7 +40,6 @@ _PLACEHOLDER = "0" * 64  # the digest field's content while the file is hashed
 # so this cannot match inside our JSON document or a tensor name.
 _DIGEST_FIELD = re.compile(rb'"attnconv\.sha256":"([0-9a-f]{64})"')
 _RESERVED = ("format", "sha256")  # set by save_checkpoint, never copied from the caller
-TMP_GLOB = ".*.tmp"  # what atomic_write_bytes names its temporary files
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
@@ -69,43 +67,6 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename, fsync directory.
-
-    If anything fails (a full disk, an interrupt) the temporary file is removed and ``path``
-    keeps its previous content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for text files (UTF-8)."""
-    atomic_write_bytes(path, text.encode())
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

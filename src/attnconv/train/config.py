@@ -132,7 +132,7 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the resolved configuration as YAML (atomically: never half a file)."""
-        from attnconv.train.checkpoint import atomic_write_text
+        from attnconv.atomic import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 

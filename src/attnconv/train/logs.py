@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from attnconv.atomic import atomic_write_text
 from attnconv.layers import SelfAttention2d
-from attnconv.train.checkpoint import atomic_write_text
 from attnconv.train.state import unwrap
 
 METRICS = "metrics.jsonl"

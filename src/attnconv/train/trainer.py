@@ -40,13 +40,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnconv.atomic import atomic_write_text
 from attnconv.data.training import Data, load_data
 from attnconv.errors import AttnconvError, CheckpointError, ConfigError, ShapeError
 from attnconv.models import create_model
 from attnconv.train import distributed
 from attnconv.train.checkpoint import (
     Checkpoint,
-    atomic_write_text,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
