@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -454,7 +457,38 @@ def test_attention_to_conv_rejects_other_layers() -> None:
 # ---------------------------------------------------------------------------------------------
 # attnconv verify
 # ---------------------------------------------------------------------------------------------
-def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def printed_verify_table(out: str) -> list[list[str]]:
+    """The rows of the table ``attnconv verify`` prints, split into columns."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("configuration"))
+    rows = []
+    for line in lines[start + 2:]:  # after the header and its dashes
+        if not line.strip():
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+def record_saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every matplotlib Figure saved from now on, in order (the figure before it is closed)."""
+    from matplotlib.figure import Figure
+
+    saved: list[Any] = []
+    savefig = Figure.savefig
+
+    def recording(self: Figure, *args: Any, **kwargs: Any) -> Any:
+        saved.append(self)
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved
+
+
+def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnconv.theorem.verify import sample_image
+
+    figures = record_saved_figures(monkeypatch)
     assert main(["verify", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "22/22 PASS" in out
@@ -464,7 +498,54 @@ def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     png = tmp_path / "verify.png"
     assert png.is_file() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "verify.json").is_file()
+
+    # verify.json: the printed cases, each below the tolerance the command states.
+    report = json.loads((tmp_path / "verify.json").read_text())
+    stated = re.search(r"pass if max rel error <= (\S+)", out)
+    assert stated is not None
+    tolerance = float(stated.group(1))
+    assert report["tolerance"] == tolerance == TOLERANCES[torch.float64]
+    assert (report["dtype"], report["seed"], report["size"]) == ("float64", 0, 32)
+    assert report["alpha"] == exact_alpha(torch.float64)
+    table = printed_verify_table(out)
+    assert len(table) == len(report["cases"]) == 22
+    for row, case in zip(table, report["cases"], strict=True):
+        assert row[0] == case["configuration"]
+        assert int(row[1]) == case["heads"] > 0
+        assert 0.0 <= case["max_rel_error"] <= tolerance, case
+        assert row[2:] == [f"{case['max abs error']}", f"{case['max rel error']}", "PASS"]
+        assert case["max rel error"] == f"{case['max_rel_error']:.2e}"
+    # The error-vs-alpha curve: printed numbers, decreasing to the exact width's error.
+    curve = report["alpha_curve"]
+    printed_curve = out.split("error vs alpha")[1].splitlines()[0]
+    assert printed_curve.endswith(", ".join(f"{r['alpha']:.3g}: {r['max_rel_error']:.1e}"
+                                            for r in curve))
+    assert curve[-1]["alpha"] == report["alpha"]
+    assert curve[0]["max_rel_error"] > 0.1 and curve[-1]["max_rel_error"] <= tolerance
+    errors = [r["max_rel_error"] for r in curve]
+    assert all(a >= b for a, b in itertools.pairwise(errors[:6]))  # the soft widths: Lemma 2
+
+    # The figure: the 3x3 conv (seed 0) recomputed here, its attention twin, the same curve.
+    assert len(figures) == 1
+    image_ax, conv_ax, att_ax, diff_ax, curve_ax = figures[0].axes[:5]  # then colour bars
+    image = sample_image(32)
+    conv = make_conv(nn.Conv2d, 0, in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    with torch.no_grad():
+        y_conv = conv(image.unsqueeze(0))[0, 0].numpy()
+    shown = image.permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(image_ax.images[0].get_array(),
+                               (shown - shown.min()) / (shown.max() - shown.min()), atol=1e-12)
+    np.testing.assert_allclose(conv_ax.images[0].get_array(), y_conv, rtol=1e-12, atol=1e-12)
+    y_att = np.asarray(att_ax.images[0].get_array())
+    assert np.abs(y_att - y_conv).max() <= tolerance * np.abs(y_conv).max()
+    diff = np.asarray(diff_ax.images[0].get_array())
+    np.testing.assert_allclose(diff, np.abs(y_att - conv_ax.images[0].get_array()), atol=0)
+    assert diff.max() <= report["cases"][0]["max_abs_error"]
+    line, threshold = curve_ax.get_lines()[:2]
+    np.testing.assert_array_equal(line.get_xdata(), [r["alpha"] for r in curve])
+    tiny = torch.finfo(torch.float64).tiny  # exact zeros sit at the smallest normal number
+    np.testing.assert_array_equal(line.get_ydata(), [max(e, tiny) for e in errors])
+    assert list(threshold.get_ydata()) == [tolerance, tolerance]
 
 
 def test_verify_exit_code_is_nonzero_on_failure(tmp_path: Path,
