@@ -33,6 +33,25 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[precision])
 
 
+def slow_precision_warning(device: torch.device, precision: str) -> str | None:
+    """A warning when ``precision`` has no native support on ``device``, else ``None``.
+
+    bf16 autocast on a CPU without AVX-512 BF16 or AMX runs its matrix products emulated:
+    ``attnconv bench`` measured bf16 GEMMs ~130x slower than fp32 on such a CPU (AMD EPYC Zen 3,
+    docs/performance.md). fp16 autocast on a CPU is emulated likewise.
+    """
+    if device.type != "cpu" or precision == "fp32":
+        return None
+    if precision == "bf16" and (torch.cpu._is_avx512_bf16_supported()
+                                or torch.cpu._is_amx_tile_supported()):
+        return None
+    if precision == "fp16" and torch.cpu._is_amx_fp16_supported():
+        return None
+    return (f"warning: precision={precision} on a CPU without native {precision} matrix "
+            f"products ({torch.backends.cpu.get_cpu_capability()}): they are emulated and much "
+            f"slower than fp32; use precision=fp32 on this machine")
+
+
 def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     """A seed for one training step: data augmentation and dropout depend only on it.
 

@@ -52,7 +52,13 @@ from attnconv.train.checkpoint import (
     save_checkpoint,
 )
 from attnconv.train.config import TrainConfig, config_from_dict, load_config
-from attnconv.train.engine import autocast, evaluate, make_batch, train_one_epoch
+from attnconv.train.engine import (
+    autocast,
+    evaluate,
+    make_batch,
+    slow_precision_warning,
+    train_one_epoch,
+)
 from attnconv.train.logs import RunLogs
 from attnconv.train.memory import check_fits, estimate_training_memory
 from attnconv.train.model_io import model_kwargs
@@ -488,6 +494,9 @@ class _Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(run_dir / "config.yaml")
             self.logs.start(self.model)
+        slow = slow_precision_warning(self.info.device, cfg.precision)
+        if slow is not None:
+            say(slow)
         if self.n_val == 0:
             say(f"no validation split (val_fraction={cfg.val_fraction:g}): training on all "
                 f"{self.n_train} training images; the final-epoch model is tested")
