@@ -128,17 +128,62 @@ def test_factor_dropout_is_separable_and_matches_its_reference(encoding: str) ->
     assert layer.algorithm() == "separable"
 
 
+def _fused_with_mask(layer: SelfAttention2d, x: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """The layer's output with the probabilities ``(B, heads, N, N)`` times ``mask * scale``.
+
+    Computed here from :meth:`SelfAttention2d.attention` (the explicit ``(HW)^2`` softmax),
+    the values and the output projection: the attention-dropout law written out.
+    """
+    b, h, w, _ = x.shape
+    probs = layer.attention(x).reshape(b, layer.heads, h * w, h * w)
+    mixed = (probs * mask * scale) @ layer.values(x)  # (B, heads, N, head_dim)
+    return layer.out(mixed.transpose(1, 2).reshape(b, h, w, layer.heads * layer.head_dim))
+
+
 def test_fused_content_attention_dropout_trains() -> None:
+    """The fused kernel drops each probability of each image and head independently with
+    probability p and scales the survivors by 1 / (1 - p): its output equals the explicit
+    computation with the mask it draws. On the CPU ``scaled_dot_product_attention`` with
+    dropout runs PyTorch's math kernel, which draws the keep-mask as
+    ``empty_like(probs).bernoulli_(1 - p)`` over ``(B, heads, N, N)``: the same seed gives
+    the same mask here."""
     torch.manual_seed(18)
-    layer = SelfAttention2d(4, 2, encoding="learned", content=True, attn_dropout=0.5,
+    p = 0.3  # not 0.5: keeping with probability p instead of 1 - p must show
+    layer = SelfAttention2d(4, 2, encoding="learned", content=True, attn_dropout=p,
                             max_size=4, impl="fused")
+    assert layer.algorithm() == "fused"
     x = torch.randn(2, 4, 3, 4, requires_grad=True)
-    y1, y2 = layer(x), layer(x)
-    assert not torch.allclose(y1, y2)  # fresh masks
-    y1.sum().backward()
-    assert x.grad is not None and layer.encoding.row_embeddings.grad is not None
+    b, n = x.shape[0], x.shape[1] * x.shape[2]
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        y = layer(x)
+        torch.manual_seed(seed)
+        mask = torch.empty(b, layer.heads, n, n).bernoulli_(1 - p)
+        assert 0 < mask.mean().item() < 1 and not torch.equal(mask[0], mask[1])  # per image
+        assert not torch.equal(mask[:, 0], mask[:, 1])  # per head
+        expected = _fused_with_mask(layer, x, mask, 1 / (1 - p))
+        torch.testing.assert_close(y, expected, atol=1e-12, rtol=1e-10)
+        # The check can tell: unscaled survivors, no mask, one mask for the batch all differ.
+        for wrong in (_fused_with_mask(layer, x, mask, 1.0),
+                      _fused_with_mask(layer, x, torch.ones_like(mask), 1.0),
+                      _fused_with_mask(layer, x, mask[:1].expand_as(mask), 1 / (1 - p))):
+            assert (y - wrong).abs().max().item() > 1e-3
+        # Gradients flow through the same mask (x, the projections and the relative tables).
+        weight = torch.randn_like(y)
+        params = [x, layer.encoding.row_embeddings, *layer.out.parameters()]
+        torch.manual_seed(seed)
+        grads = torch.autograd.grad((layer(x) * weight).sum(), params)
+        ref_grads = torch.autograd.grad((expected * weight).sum(), params)
+        for got, ref in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-11, rtol=1e-9)
+        outputs.append(y.detach())
+    assert not torch.allclose(outputs[0], outputs[1])  # fresh masks per call
     layer.eval()
     torch.testing.assert_close(layer(x), layer(x))
+    torch.testing.assert_close(layer(x), _fused_with_mask(layer, x, torch.ones(1), 1.0),
+                               atol=1e-12, rtol=1e-10)
 
 
 def test_factor_dropout_law() -> None:
