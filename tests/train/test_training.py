@@ -46,10 +46,71 @@ def test_short_run_learns_and_writes_its_files(tmp_path: Path) -> None:
         "test_accuracy"]
     heads = rows(run / "heads.jsonl")
     assert [h["epoch"] for h in heads] == [0, 1, 2, 3]
-    assert heads[0]["layers"][0]["centers"] != heads[-1]["layers"][0]["centers"]  # heads moved
+    # Every layer's heads moved by more than float noise: the centres (~2 tokens) are float32,
+    # rounding moves them by ~2e-7; 30 SGD steps at lr 0.05 move them ~1e-3 to 1e-2 tokens.
+    # How far exactly is checked step by step in test_head_centres_move_by_the_sgd_steps.
+    assert len(heads[0]["layers"]) == 2
+    for start, end in zip(heads[0]["layers"], heads[-1]["layers"], strict=True):
+        moved = (torch.tensor(end["centers"]) - torch.tensor(start["centers"])).norm(dim=-1)
+        assert moved.mean().item() > 1e-4, moved
     best = load_checkpoint(run / "checkpoints" / "best.safetensors")
     assert best.meta["progress"]["best_epoch"] == result["best_epoch"]
     assert (run / "config.yaml").is_file()
+
+
+def centre_buffers(checkpoint: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each quadratic layer's centres and their SGD momentum buffer, as a checkpoint holds them.
+
+    The optimiser state numbers the parameters in the order of its groups
+    (:func:`attnconv.train.optim.parameter_groups`, as the trainer builds them).
+    """
+    from attnconv.train.optim import parameter_groups
+
+    model, _ = load_model(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in parameter_groups(model, 0.0) for p in g["params"]]
+    optim = ckpt.section("optim")
+    centres = [n for n in order if n.endswith("encoding.centers")]
+    return ([ckpt.section("model")[n] for n in centres],
+            [optim[f"{order.index(n)}.momentum_buffer"] for n in centres])
+
+
+def test_head_centres_move_by_the_sgd_steps(tmp_path: Path) -> None:
+    """How far the heads moved: every step moves each centre by exactly -lr times its momentum
+    buffer (SGD, momentum 0.9, constant lr 0.05, dampening 0), so the trajectory in heads.jsonl
+    is the sum of the optimiser's steps from the initial centres, and each step is well above
+    float noise. A stale, re-initialised or mis-assigned log row, a wrong lr or a centre that
+    does not train breaks the sum; the run is seeded, the tolerance is float32 rounding."""
+    cfg = tiny(tmp_path, "s", epochs=2, train_subset=120, schedule="constant",
+               checkpoint_every_steps=1, keep_last=100)
+    train(cfg, log=lambda _m: None)
+    run = tmp_path / "s"
+    heads = rows(run / "heads.jsonl")
+    assert [h["epoch"] for h in heads] == [0, 1, 2]
+    steps = sorted((run / "checkpoints").glob("step-*.safetensors"))
+    per_epoch = len(steps) // 2
+    assert len(steps) == 2 * per_epoch == 6  # 114 training images, batches of 40
+    lr, momentum = TINY["lr"], 0.9
+    assert load_checkpoint(steps[0]).meta["optimizer"]["param_groups"][1]["momentum"] == momentum
+    centres = [torch.tensor(layer["centers"]) for layer in heads[0]["layers"]]
+    previous = [torch.zeros_like(c) for c in centres]
+    for step, path in enumerate(steps, start=1):
+        saved, buffers = centre_buffers(path)
+        assert len(saved) == len(buffers) == len(centres) == 2
+        for index, (c, b, old) in enumerate(zip(saved, buffers, previous, strict=True)):
+            gradient = b - momentum * old  # what this step added to the buffer
+            assert gradient.norm(dim=-1).min().item() > 1e-6, (step, index)
+            centres[index] = centres[index] - lr * b
+            torch.testing.assert_close(c, centres[index], atol=1e-6, rtol=0)
+        previous = buffers
+        if step % per_epoch == 0:  # heads.jsonl logs the centres at the end of each epoch
+            logged = heads[step // per_epoch]["layers"]
+            for c, layer in zip(saved, logged, strict=True):
+                assert torch.tensor(layer["centers"]).tolist() == c.tolist()
+    for start, end in zip(heads[0]["layers"], heads[-1]["layers"], strict=True):
+        moved = (torch.tensor(end["centers"]) - torch.tensor(start["centers"])).norm(dim=-1)
+        assert moved.mean().item() > 1e-4, moved  # float32 rounding of ~2-token centres: ~2e-7
 
 
 def test_resume_mid_epoch_continues_exactly(tmp_path: Path) -> None:
