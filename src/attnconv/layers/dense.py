@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnconv.layers.precision import accumulation_dtype
+from attnconv.layers.projection import bias_grad, chunk_bounds, project_chunk
 from attnconv.layers.separable import CPU_CHUNK_BYTES
 
 
@@ -109,17 +110,11 @@ class SharedDenseAttention(torch.autograd.Function):
         mask = (torch.empty(batch, rows, n, dtype=torch.bool, device=x.device) if p > 0
                 else None)
         y = x.new_empty(batch, height, width, out_dim)
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
+        for s, e in chunk_bounds(batch, chunk):
             if mask is not None:
                 mask[s:e] = dropout_mask(e - s, rows, n, p, device=x.device)
             m = torch.bmm(_left(acat, mask, s, e, p), x[s:e].view(e - s, n, dim))  # (b, N h, D)
-            flat = m.view(-1, weight.shape[1])  # (b N, heads D): tokens x (h, d)
-            target = y[s:e].view(-1, out_dim)
-            if bias is None:
-                torch.mm(flat, weight.t(), out=target)
-            else:
-                torch.addmm(bias, flat, weight.t(), out=target)
+            project_chunk(y[s:e], m, weight, bias)  # m read as (b N, heads D): tokens x (h, d)
         ctx.save_for_backward(x, acat, weight, mask)
         ctx.p, ctx.chunk = p, chunk
         return y
@@ -127,9 +122,9 @@ class SharedDenseAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        p, chunk = ctx.p, ctx.chunk
         x, acat, weight, mask = ctx.saved_tensors
         need_x, need_a, need_w, need_b, _, _ = ctx.needs_input_grad
-        p, chunk = ctx.p, ctx.chunk
         batch, height, width, dim = x.shape
         n, out_dim = height * width, weight.shape[0]
         acc = accumulation_dtype(x.dtype)
@@ -137,8 +132,7 @@ class SharedDenseAttention(torch.autograd.Function):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
         grad_a = torch.zeros(acat.shape, dtype=acc, device=x.device) if need_a else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if need_w else None
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
+        for s, e in chunk_bounds(batch, chunk):
             xs = x[s:e].view(e - s, n, dim)  # (b, N, D)
             g = grad_y[s:e].view(-1, out_dim)  # (b N, O)
             left = _left(acat, mask, s, e, p)  # (b, N heads, N)
@@ -161,9 +155,7 @@ class SharedDenseAttention(torch.autograd.Function):
                     if mask is not None:
                         d_left = d_left * mask[s:e] * (1.0 / (1.0 - p))
                     grad_a += d_left.sum(0).to(acc)
-        grad_b = None
-        if need_b:
-            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        grad_b = bias_grad(grad_y, acc, weight.dtype) if need_b else None
         return (grad_x, None if grad_a is None else grad_a.to(acat.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), grad_b, None, None)
 
@@ -189,14 +181,9 @@ class BatchSharedDense(torch.autograd.Function):
         y = x.new_empty(batch, height, width, out_dim)
         saved = (x.new_empty(batch, n, heads * dim)
                  if save_mixed and ctx.needs_input_grad[2] else None)
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
+        for s, e in chunk_bounds(batch, chunk):
             flat = _mixed(x, acat, s, e, None if saved is None else saved[s:e])
-            target = y[s:e].view(-1, out_dim)
-            if bias is None:
-                torch.mm(flat, weight.t(), out=target)
-            else:
-                torch.addmm(bias, flat, weight.t(), out=target)
+            project_chunk(y[s:e], flat, weight, bias)
         ctx.save_for_backward(x, acat, weight, saved)
         ctx.chunk = chunk
         return y
@@ -214,8 +201,7 @@ class BatchSharedDense(torch.autograd.Function):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
         grad_a = torch.zeros(acat.shape, dtype=acc, device=x.device) if need_a else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if need_w else None
-        for s in range(0, batch, ctx.chunk):
-            e = min(batch, s + ctx.chunk)
+        for s, e in chunk_bounds(batch, ctx.chunk):
             b = e - s
             g = grad_y[s:e].view(-1, out_dim)  # (b N, O)
             if grad_w is not None:  # dW_out = g^T m
@@ -236,9 +222,7 @@ class BatchSharedDense(torch.autograd.Function):
                     grad_a.addmm_(dm_t, x_t.t())
                 else:
                     grad_a += (dm_t @ x_t.t()).to(acc)
-        grad_b = None
-        if need_b:
-            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        grad_b = bias_grad(grad_y, acc, weight.dtype) if need_b else None
         return (grad_x, None if grad_a is None else grad_a.to(acat.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype), grad_b, None, None)
 

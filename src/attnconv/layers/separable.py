@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnconv.layers.precision import accumulation_dtype
+from attnconv.layers.projection import bias_grad, chunk_bounds, project_chunk
 from attnconv.layers.separable_projected import MAX_DIM, projected_separable_attention
 
 CPU_CHUNK_BYTES = 8 * 2**20
@@ -171,25 +172,18 @@ class SeparableAttention(torch.autograd.Function):
         shared = row.dim() == 3
         ccol = _stack_columns(col)  # (W heads, W) or (B, W heads, W)
         out_dim = heads * dim if weight is None else weight.shape[0]
+        ctx.save_for_backward(x, row, col, weight)  # backward recomputes the rest from these
+        ctx.chunk = chunk
         y = x.new_empty(batch, height, width, out_dim)
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
-            b = e - s
+        for s, e in chunk_bounds(batch, chunk):
             xk = x[s:e].transpose(0, 1).contiguous()  # (H, b, W, D): a small copy
             a = _mix_columns(_per_image(ccol, shared, s, e), xk)  # (H, b, W heads, D)
-            rexp = _row_factors(_per_image(row, shared, s, e), width, b)  # (b W heads, H, H)
+            rexp = _row_factors(_per_image(row, shared, s, e), width, e - s)  # (b W h, H, H)
             m = _mix_rows(rexp, a)  # (b, H, W heads, D) = tokens x (h, d)
-            if weight is None:
-                y[s:e].view(m.shape).copy_(m)
-                continue
-            flat = m.view(-1, heads * dim)
-            target = y[s:e].view(-1, out_dim)  # (b H W, O), contiguous rows of y
-            if bias is None:
-                torch.mm(flat, weight.t(), out=target)
+            if weight is None:  # the mixed heads themselves, (b, H, W, heads D)
+                project_chunk(y[s:e], m.view(y[s:e].shape), None, None)
             else:
-                torch.addmm(bias, flat, weight.t(), out=target)
-        ctx.save_for_backward(x, row, col, weight)
-        ctx.chunk = chunk
+                project_chunk(y[s:e], m, weight, bias)
         return y
 
     @staticmethod
@@ -213,8 +207,7 @@ class SeparableAttention(torch.autograd.Function):
         grad_w = zeros(weight.shape) if need_w and weight is not None else None
         grad_row = zeros(row.shape) if need_row else None
         grad_ccol = zeros(ccol.shape) if need_col else None
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
+        for s, e in chunk_bounds(batch, chunk):
             b = e - s
             xs = x[s:e]
             xk = xs.transpose(0, 1).contiguous()  # (H, b, W, D)
@@ -254,12 +247,11 @@ class SeparableAttention(torch.autograd.Function):
                     else:
                         grad_ccol[s:e] += prod.to(acc)
 
-        grad_col = grad_b = None
+        grad_col = None
         if grad_ccol is not None:
             lead = ccol.shape[:-2]
             grad_col = grad_ccol.view(*lead, width, heads, width).transpose(-3, -2).to(col.dtype)
-        if need_b and weight is not None:
-            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        grad_b = bias_grad(grad_y, acc, weight.dtype) if need_b and weight is not None else None
         return (grad_x, None if grad_row is None else grad_row.to(row.dtype), grad_col,
                 None if grad_w is None else grad_w.to(weight.dtype), grad_b, None)
 

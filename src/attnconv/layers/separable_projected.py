@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from attnconv.layers.precision import accumulation_dtype
+from attnconv.layers.projection import bias_grad, chunk_bounds, project_chunk
 
 CPU_CHUNK_BYTES = 2**20
 """Target size of one chunk's heads-wide tensor per CPU thread (half a core's L2 cache here;
@@ -99,16 +100,12 @@ class ProjectedSeparableAttention(torch.autograd.Function):
         rexp = _row_factors(row, width)
         ccat = col.permute(1, 0, 2).reshape(width, heads * width)  # (j, (h, l))
         y = x.new_empty(batch, height, width, out_dim)
-        for s in range(0, batch, chunk):
-            e = min(batch, s + chunk)
+        for s, e in chunk_bounds(batch, chunk):
             xq = x[s:e].permute(2, 1, 0, 3).contiguous()  # (l, k, b, d): x-sized copy
             _, v = _project_rows(xq, wh, rexp)
-            yq = torch.mm(ccat, v.view(heads * width, -1))  # (j, (i, b, o))
-            mixed = yq.view(width, height, e - s, out_dim).permute(2, 1, 0, 3)
-            if bias is None:
-                y[s:e].copy_(mixed)
-            else:
-                torch.add(mixed, bias, out=y[s:e])
+            yq = torch.mm(ccat, v.view(heads * width, -1))  # (j, (i, b, o)), projected
+            projected = yq.view(width, height, e - s, out_dim).permute(2, 1, 0, 3)
+            project_chunk(y[s:e], projected, None, bias)  # only b_out left to add
         ctx.save_for_backward(x, row, col, weight)
         ctx.chunk, ctx.has_bias = chunk, bias is not None
         return y
@@ -117,7 +114,7 @@ class ProjectedSeparableAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         x, row, col, weight = ctx.saved_tensors
-        need_x, need_row, need_col, need_w, need_b, _ = ctx.needs_input_grad
+        need_x, need_row, need_col, need_w, need_b = ctx.needs_input_grad[:5]
         batch, height, width, dim = x.shape
         heads, out_dim = row.shape[0], weight.shape[0]
         acc = accumulation_dtype(x.dtype)
@@ -133,8 +130,7 @@ class ProjectedSeparableAttention(torch.autograd.Function):
         grad_wh = zeros(heads, dim, out_dim) if need_w else None
         grad_rexp = zeros(heads * width, height, height) if need_row else None
         grad_ccat = zeros(width, heads * width) if need_col else None
-        for s in range(0, batch, ctx.chunk):
-            e = min(batch, s + ctx.chunk)
+        for s, e in chunk_bounds(batch, ctx.chunk):
             b = e - s
             tokens = width * height * b
             xq = x[s:e].permute(2, 1, 0, 3).contiguous()  # (l, k, b, d)
@@ -157,15 +153,14 @@ class ProjectedSeparableAttention(torch.autograd.Function):
                 gxq = _sum_over_heads(dz, wh)
                 grad_x[s:e].copy_(gxq.view(width, height, b, dim).permute(2, 1, 0, 3))
 
-        grad_row = grad_col = grad_w = grad_b = None
+        grad_row = grad_col = grad_w = None
         if grad_rexp is not None:
             grad_row = grad_rexp.view(heads, width, height, height).sum(1).to(row.dtype)
         if grad_ccat is not None:
             grad_col = grad_ccat.view(width, heads, width).transpose(0, 1).to(col.dtype)
         if grad_wh is not None:
             grad_w = grad_wh.permute(2, 0, 1).reshape(out_dim, heads * dim).to(weight.dtype)
-        if need_b and ctx.has_bias:
-            grad_b = grad_y.view(-1, out_dim).sum(0, dtype=acc).to(weight.dtype)
+        grad_b = bias_grad(grad_y, acc, weight.dtype) if need_b and ctx.has_bias else None
         return grad_x, grad_row, grad_col, grad_w, grad_b, None
 
 
