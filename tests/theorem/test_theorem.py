@@ -486,8 +486,6 @@ def record_saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnconv.theorem.verify import sample_image
-
     figures = record_saved_figures(monkeypatch)
     assert main(["verify", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -499,8 +497,15 @@ def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert png.is_file() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # verify.json: the printed cases, each below the tolerance the command states.
     report = json.loads((tmp_path / "verify.json").read_text())
+    check_verify_report(report, out)
+    assert len(figures) == 1
+    check_verify_figure(figures[0], report)
+
+
+def check_verify_report(report: dict[str, Any], out: str) -> None:
+    """verify.json holds the printed cases, each below the tolerance the command states, and
+    the printed error-vs-alpha curve, decreasing to the exact width's error."""
     stated = re.search(r"pass if max rel error <= (\S+)", out)
     assert stated is not None
     tolerance = float(stated.group(1))
@@ -515,7 +520,6 @@ def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         assert 0.0 <= case["max_rel_error"] <= tolerance, case
         assert row[2:] == [f"{case['max abs error']}", f"{case['max rel error']}", "PASS"]
         assert case["max rel error"] == f"{case['max_rel_error']:.2e}"
-    # The error-vs-alpha curve: printed numbers, decreasing to the exact width's error.
     curve = report["alpha_curve"]
     printed_curve = out.split("error vs alpha")[1].splitlines()[0]
     assert printed_curve.endswith(", ".join(f"{r['alpha']:.3g}: {r['max_rel_error']:.1e}"
@@ -525,9 +529,14 @@ def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     errors = [r["max_rel_error"] for r in curve]
     assert all(a >= b for a, b in itertools.pairwise(errors[:6]))  # the soft widths: Lemma 2
 
-    # The figure: the 3x3 conv (seed 0) recomputed here, its attention twin, the same curve.
-    assert len(figures) == 1
-    image_ax, conv_ax, att_ax, diff_ax, curve_ax = figures[0].axes[:5]  # then colour bars
+
+def check_verify_figure(fig: Any, report: dict[str, Any]) -> None:
+    """verify.png: the 3x3 conv of seed 0 (recomputed here) on the photograph, its attention
+    version within the tolerance, their difference, and verify.json's error-vs-alpha curve."""
+    from attnconv.theorem.verify import sample_image
+
+    tolerance, curve = report["tolerance"], report["alpha_curve"]
+    image_ax, conv_ax, att_ax, diff_ax, curve_ax = fig.axes[:5]  # then the colour bars
     image = sample_image(32)
     conv = make_conv(nn.Conv2d, 0, in_channels=3, out_channels=4, kernel_size=3, padding=1)
     with torch.no_grad():
@@ -544,7 +553,8 @@ def test_verify_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     line, threshold = curve_ax.get_lines()[:2]
     np.testing.assert_array_equal(line.get_xdata(), [r["alpha"] for r in curve])
     tiny = torch.finfo(torch.float64).tiny  # exact zeros sit at the smallest normal number
-    np.testing.assert_array_equal(line.get_ydata(), [max(e, tiny) for e in errors])
+    np.testing.assert_array_equal(line.get_ydata(),
+                                  [max(r["max_rel_error"], tiny) for r in curve])
     assert list(threshold.get_ydata()) == [tolerance, tolerance]
 
 
