@@ -766,23 +766,16 @@ def _num(value: float | None, digits: int = 1) -> str:
         else f"{value:.{digits}f}"
 
 
-def format_result(result: dict[str, Any]) -> str:
-    """The result as Markdown tables (what ``attnconv bench`` prints)."""
-    m, p = result["machine"], result["peak"]
-    lines = [f"# attnconv bench ({result['config']['mode']})", "",
-             f"machine: {m.get('gpu') or m['cpu']}, {m['cpu_count']} CPUs, {m['threads']} "
-             f"threads, torch {m['torch']}, device {m['device']}, load average "
-             f"{m.get('load_average')} -> {m.get('load_average_end')}",
-             f"matrix-product peak: fp32 {p['fp32_gflops']:.1f} GFLOP/s ({p['fp32_size']}^3), "
-             f"bf16 {p['bf16_gflops']:.1f} GFLOP/s ({p['bf16_size']}^3)", "",
-             "## Layers (times in ms, medians; mixing = layer - projection)", "",
+def _layers_section(layers: list[dict[str, Any]]) -> list[str]:
+    """The layer table: reference and fast attention (and the Conv2d floor), in ms."""
+    lines = ["## Layers (times in ms, medians; mixing = layer - projection)", "",
              "| tokens | batch | encoding | algorithm | ref fwd | fast fwd | ref fwd+bwd | "
              "fast fwd+bwd | speed-up fwd+bwd | ref mixing fwd+bwd | fast mixing fwd+bwd | "
              "mixing speed-up | projection fwd+bwd | fast / conv | max abs diff | "
              "ref peak MB | fast peak MB |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
              "---:|"]
-    for r in result["layers"]:
+    for r in layers:
         size = f"{r['size']}x{r['size']}"
         if r["encoding"] == "conv3x3":
             lines.append(f"| {size} | {r['batch']} | Conv2d(3x3) floor | conv2d | - | "
@@ -800,12 +793,17 @@ def format_result(result: dict[str, Any]) -> str:
             f"{_x(r['mixing_speedup_fwd_bwd'])} | {_ms(r['projection_fwd_bwd_s'])} | "
             f"{_x(r['fast_vs_conv_fwd_bwd'])} | {r['max_abs_diff']:.1e} | "
             f"{_mb(r['ref_peak_bytes'])} | {_mb(r['fast_peak_bytes'])} |")
-    lines += ["", "## Models (images/s; GFLOP/s counts every product, attention included)", "",
-              "| model | precision | attn dropout | batch | ref train | fast train | speed-up | "
-              "ref infer | fast infer | speed-up | ref train peak MB | fast train peak MB | "
-              "fast train GFLOP/s (% of peak) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["models"]:
+    return lines
+
+
+def _models_section(models: list[dict[str, Any]]) -> list[str]:
+    """The model table: training and inference throughput, reference and fast."""
+    lines = ["", "## Models (images/s; GFLOP/s counts every product, attention included)", "",
+             "| model | precision | attn dropout | batch | ref train | fast train | speed-up | "
+             "ref infer | fast infer | speed-up | ref train peak MB | fast train peak MB | "
+             "fast train GFLOP/s (% of peak) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in models:
         dropout = r.get("attn_dropout", "-")
         frac = r.get("fast_train_fraction_of_peak")
         lines.append(
@@ -816,39 +814,77 @@ def format_result(result: dict[str, Any]) -> str:
             f"{_mb(r.get('ref_train_peak_bytes'))} | {_mb(r.get('fast_train_peak_bytes'))} | "
             f"{_num(r.get('fast_train_gflops'))} ({_num(None if frac is None else 100 * frac, 0)}"
             f"%) |")
-    lines += ["", "## Batch-shared attention dropout (sa-quadratic, fp32 training, images/s)",
-              "", "| batch | fast algorithm | plain dense | fast | per-image masks (fast) | "
-              "fast / plain dense | fast / per-image |", "|---:|---|---:|---:|---:|---:|---:|"]
-    for r in result.get("batch_dropout", []):
+    return lines
+
+
+def _batch_dropout_section(batch_dropout: list[dict[str, Any]]) -> list[str]:
+    """The table of batch-shared attention dropout against plain and per-image masks."""
+    lines = ["", "## Batch-shared attention dropout (sa-quadratic, fp32 training, images/s)",
+             "", "| batch | fast algorithm | plain dense | fast | per-image masks (fast) | "
+             "fast / plain dense | fast / per-image |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in batch_dropout:
         lines.append(f"| {r['batch']} | {r['fast_algorithm']} | "
                      f"{_num(r['plain_train_images_s'])} | {_num(r['fast_train_images_s'])} | "
                      f"{_num(r['per_image_train_images_s'])} | {_x(r['speedup_vs_plain'])} | "
                      f"{_x(r['speedup_vs_per_image'])} |")
-    if result.get("compile"):
-        lines += ["", "## torch.compile (fp32 training, images/s)", "",
-                  "| model | batch | backend | eager | compiled | compiled / eager | "
-                  "compile time s |", "|---|---:|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['model']} | {r['batch']} | {r['backend']} | "
-                  f"{_num(r.get('eager_train_images_s'))} | "
-                  f"{_num(r.get('compiled_train_images_s'))} | {_x(r.get('speedup'))} | "
-                  f"{_num(r.get('compile_s'), 0)} |" + (f" failed: {r['error']}" if
-                                                       r.get("error") else "")
-                  for r in result["compile"]]
-    if result.get("small_network"):
-        lines += ["", "## Small network (fp32 training, 28x28 grey, images/s)", "",
-                  "| SA network (params) | ResNet18 (params) | batch | SA | SA, mix-then-project "
-                  "kernel | ResNet18 | SA / ResNet18 |", "|---|---|---:|---:|---:|---:|---:|"]
-        for r in result["small_network"]:
-            lines.append(
-                f"| {r['sa_model']} demo ({r['sa_params']}) | {r['cnn_model']} width "
-                f"{r['cnn_config']['base_width']} ({r['cnn_params']}) | {r['batch']} | "
-                f"{_num(r['sa_train_images_s'])} | {_num(r['sa_mix_project_train_images_s'])} | "
-                f"{_num(r['cnn_train_images_s'])} | {_x(r['sa_vs_cnn_train'])} |")
-    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---:|---|"]
-    for t in result["targets"]:
+    return lines
+
+
+def _compile_section(runs: list[dict[str, Any]]) -> list[str]:
+    """The torch.compile table: eager against compiled training."""
+    lines = ["", "## torch.compile (fp32 training, images/s)", "",
+             "| model | batch | backend | eager | compiled | compiled / eager | "
+             "compile time s |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['backend']} | "
+              f"{_num(r.get('eager_train_images_s'))} | "
+              f"{_num(r.get('compiled_train_images_s'))} | {_x(r.get('speedup'))} | "
+              f"{_num(r.get('compile_s'), 0)} |" + (f" failed: {r['error']}" if
+                                                   r.get("error") else "")
+              for r in runs]
+    return lines
+
+
+def _small_network_section(small_network: list[dict[str, Any]]) -> list[str]:
+    """The small-network table: the demo SA network against ResNet18."""
+    lines = ["", "## Small network (fp32 training, 28x28 grey, images/s)", "",
+             "| SA network (params) | ResNet18 (params) | batch | SA | SA, mix-then-project "
+             "kernel | ResNet18 | SA / ResNet18 |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in small_network:
+        lines.append(
+            f"| {r['sa_model']} demo ({r['sa_params']}) | {r['cnn_model']} width "
+            f"{r['cnn_config']['base_width']} ({r['cnn_params']}) | {r['batch']} | "
+            f"{_num(r['sa_train_images_s'])} | {_num(r['sa_mix_project_train_images_s'])} | "
+            f"{_num(r['cnn_train_images_s'])} | {_x(r['sa_vs_cnn_train'])} |")
+    return lines
+
+
+def _targets_section(targets: list[dict[str, Any]]) -> list[str]:
+    """The targets: each measured value and whether it is reached."""
+    lines = ["", "## Targets", "", "| target | measured | reached |", "|---|---:|---|"]
+    for t in targets:
         reached = {True: "yes", False: "no", None: "not measured"}[t["reached"]]
         note = f" ({t['note']})" if t.get("note") else ""
         lines.append(f"| {t['target']}{note} | {_num(t['value'], 2)} | {reached} |")
+    return lines
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The result as Markdown tables (what ``attnconv bench`` prints)."""
+    m, p = result["machine"], result["peak"]
+    lines = [f"# attnconv bench ({result['config']['mode']})", "",
+             f"machine: {m.get('gpu') or m['cpu']}, {m['cpu_count']} CPUs, {m['threads']} "
+             f"threads, torch {m['torch']}, device {m['device']}, load average "
+             f"{m.get('load_average')} -> {m.get('load_average_end')}",
+             f"matrix-product peak: fp32 {p['fp32_gflops']:.1f} GFLOP/s ({p['fp32_size']}^3), "
+             f"bf16 {p['bf16_gflops']:.1f} GFLOP/s ({p['bf16_size']}^3)", ""]
+    lines += _layers_section(result["layers"])
+    lines += _models_section(result["models"])
+    lines += _batch_dropout_section(result.get("batch_dropout", []))
+    if result.get("compile"):
+        lines += _compile_section(result["compile"])
+    if result.get("small_network"):
+        lines += _small_network_section(result["small_network"])
+    lines += _targets_section(result["targets"])
     if result["notes"]:
         lines += [""] + [f"- {note}" for note in result["notes"]]
     lines += ["", f"total {result['seconds']:.0f} s"]

@@ -453,6 +453,73 @@ def _display_images(display: Tensor | None, images: Tensor) -> np.ndarray:
     return display_layout(x).clamp(0, 1).numpy()  # (N, H, W, C)
 
 
+def _query_attention(model: nn.Module, images: Tensor, chosen: list[int],
+                     query: tuple[int, int] | None, batch_size: int
+                     ) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
+    """Attention rows of the query pixel for each chosen layer, and each layer's token grid.
+
+    Returns ``{layer: (N, heads, h, w)}`` (float64) and ``{layer: (h, w)}``; the query defaults
+    to the centre of each layer's grid.
+    """
+    rows: dict[int, list[Tensor]] = {i: [] for i in chosen}
+    grid: dict[int, tuple[int, int]] = {}
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            maps = record_attention(model, images[start:start + batch_size],
+                                    batch_size=batch_size)
+            for index in chosen:
+                attn = maps[index]  # (B, heads, h, w, h, w)
+                grid[index] = (int(attn.shape[-2]), int(attn.shape[-1]))
+                q = query or (grid[index][0] // 2, grid[index][1] // 2)
+                _check_query(q, grid[index])
+                rows[index].append(attn[:, :, q[0], q[1]].double())  # (B, heads, h, w)
+    return {i: torch.cat(r).numpy() for i, r in rows.items()}, grid
+
+
+def _draw_content_attention(background: np.ndarray, maps: dict[int, np.ndarray],
+                            chosen: list[int], grid: dict[int, tuple[int, int]],
+                            query: tuple[int, int] | None, title: str, out: str | Path,
+                            name: str) -> list[Path]:
+    """One content figure: per chosen layer a row of the image and each head's attention map.
+
+    ``maps`` holds ``(heads, h, w)`` per layer; the query token is outlined in cyan.
+    """
+    from matplotlib.patches import Rectangle
+
+    heads = max(m.shape[0] for m in maps.values())
+    fig = _figure(1.9 * (heads + 1) + 0.6, 2.0 * len(chosen) + 0.8)
+    axes = fig.subplots(len(chosen), heads + 1, squeeze=False)
+    height, width = background.shape[:2]
+    gray = background.shape[2] == 1
+    bg = background[..., 0] if gray else background
+    for row, index in enumerate(chosen):
+        h, w = grid[index]
+        q = query or (h // 2, w // 2)
+        cell = (height / h, width / w)  # pixels per token
+        for col in range(heads + 1):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col > maps[index].shape[0]:
+                ax.set_visible(False)
+                continue
+            ax.imshow(bg, cmap="gray" if gray else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            if col > 0:
+                m = maps[index][col - 1]
+                ax.imshow(m, cmap="inferno", alpha=0.65, vmin=0.0,
+                          vmax=max(float(m.max()), 1e-12), interpolation="nearest",
+                          extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+                ax.set_title(f"head {col - 1} (max {m.max():.2f})", fontsize="small")
+            else:
+                ax.set_title("image, query", fontsize="small")
+                ax.set_ylabel(f"layer {index}")
+            ax.add_patch(Rectangle((q[1] * cell[1] - 0.5, q[0] * cell[0] - 0.5), cell[1],
+                                   cell[0], fill=False, edgecolor="cyan", linewidth=1.5))
+    fig.suptitle(title)
+    return _save(fig, out, name)
+
+
 def plot_content_attention(model: nn.Module, images: Tensor, out: str | Path, *,
                            query: tuple[int, int] | None = None, image_index: int = 0,
                            display: Tensor | None = None, layer: int | None = None,
@@ -482,67 +549,19 @@ def plot_content_attention(model: nn.Module, images: Tensor, out: str | Path, *,
     named = attention_layers(model)
     _check_layer(layer, len(named), "attention layers")
     chosen = list(range(len(named))) if layer is None else [layer]
-    rows: dict[int, list[Tensor]] = {i: [] for i in chosen}
-    grid: dict[int, tuple[int, int]] = {}
-    with eval_mode(model):
-        for start in range(0, len(images), batch_size):
-            maps = record_attention(model, images[start:start + batch_size],
-                                    batch_size=batch_size)
-            for index in chosen:
-                attn = maps[index]  # (B, heads, h, w, h, w)
-                grid[index] = (int(attn.shape[-2]), int(attn.shape[-1]))
-                q = query or (grid[index][0] // 2, grid[index][1] // 2)
-                _check_query(q, grid[index])
-                rows[index].append(attn[:, :, q[0], q[1]].double())  # (B, heads, h, w)
-    per_layer = {i: torch.cat(r).numpy() for i, r in rows.items()}  # (N, heads, h, w)
+    per_layer, grid = _query_attention(model, images, chosen, query, batch_size)
     shown = _display_images(display, images)  # (N, H, W, C)
     n = len(images)
-
-    def draw(background: np.ndarray, maps: dict[int, np.ndarray], title: str,
-             name: str) -> list[Path]:
-        heads = max(m.shape[0] for m in maps.values())
-        fig = _figure(1.9 * (heads + 1) + 0.6, 2.0 * len(chosen) + 0.8)
-        axes = fig.subplots(len(chosen), heads + 1, squeeze=False)
-        height, width = background.shape[:2]
-        gray = background.shape[2] == 1
-        bg = background[..., 0] if gray else background
-        for row, index in enumerate(chosen):
-            h, w = grid[index]
-            q = query or (h // 2, w // 2)
-            cell = (height / h, width / w)  # pixels per token
-            for col in range(heads + 1):
-                ax = axes[row, col]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if col > maps[index].shape[0]:
-                    ax.set_visible(False)
-                    continue
-                ax.imshow(bg, cmap="gray" if gray else None, vmin=0, vmax=1,
-                          interpolation="nearest")
-                if col > 0:
-                    m = maps[index][col - 1]
-                    ax.imshow(m, cmap="inferno", alpha=0.65, vmin=0.0,
-                              vmax=max(float(m.max()), 1e-12), interpolation="nearest",
-                              extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-                    ax.set_title(f"head {col - 1} (max {m.max():.2f})", fontsize="small")
-                else:
-                    ax.set_title("image, query", fontsize="small")
-                    ax.set_ylabel(f"layer {index}")
-                from matplotlib.patches import Rectangle
-
-                ax.add_patch(Rectangle((q[1] * cell[1] - 0.5, q[0] * cell[0] - 0.5), cell[1],
-                                       cell[0], fill=False, edgecolor="cyan", linewidth=1.5))
-        fig.suptitle(title)
-        return _save(fig, out, name)
-
     first_grid = grid[chosen[0]]
     q_text = str(tuple(query) if query else (first_grid[0] // 2, first_grid[1] // 2))
-    paths = draw(shown[image_index], {i: m[image_index] for i, m in per_layer.items()},
-                 f"Attention of query pixel {q_text} (cyan box) for image {image_index}",
-                 f"{stem}_image{image_index}")
-    paths += draw(shown.mean(axis=0), {i: m.mean(axis=0) for i, m in per_layer.items()},
-                  f"Attention of query pixel {q_text} (cyan box) averaged over {n} images "
-                  f"(background: mean image)", f"{stem}_mean{n}")
+    paths = _draw_content_attention(
+        shown[image_index], {i: m[image_index] for i, m in per_layer.items()}, chosen, grid,
+        query, f"Attention of query pixel {q_text} (cyan box) for image {image_index}", out,
+        f"{stem}_image{image_index}")
+    paths += _draw_content_attention(
+        shown.mean(axis=0), {i: m.mean(axis=0) for i, m in per_layer.items()}, chosen, grid,
+        query, f"Attention of query pixel {q_text} (cyan box) averaged over {n} images "
+        f"(background: mean image)", out, f"{stem}_mean{n}")
     return paths
 
 

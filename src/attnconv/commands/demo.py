@@ -143,16 +143,11 @@ def demo_findings(results: list[dict[str, Any]],
                        "best_end_coverage": best}, "lines": lines}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train both models, print the comparison table, the heads, and Theorem 1's check."""
+def _prepare_out(args: argparse.Namespace) -> Path:
+    """Check the arguments and clear an earlier demo from ``--out`` (with ``--overwrite``)."""
     import shutil
 
-    import torch
-
-    from attnconv.analysis.converted import ROW_LABEL, check_run, write_check
-    from attnconv.analysis.metrics import COVER_RADIUS, coverage_over_training
     from attnconv.errors import ConfigError
-    from attnconv.train import train
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -163,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(out / run_name, ignore_errors=True)
     if args.test_images is not None and args.test_images < 1:
         raise ConfigError(f"--test-images must be >= 1, got {args.test_images}")
+    return out
+
+
+def _train_runs(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """Train the demo runs in order; each result gains its ``wall_time_s``."""
+    from attnconv.train import train
+
     results = []
     for run_name in DEMO_RUNS:
         cfg = demo_config(run_name, out, args.epochs, args.train_subset)
@@ -172,8 +174,19 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg)
         result["wall_time_s"] = time.perf_counter() - t0
         results.append(result)
+    return results
 
-    # Theorem 1 on the trained CNN: every convolution becomes attention, same predictions.
+
+def _check_theorem1(args: argparse.Namespace, out: Path) -> Any:
+    """Theorem 1 on the trained CNN: every convolution becomes attention, same predictions.
+
+    A float32 mismatch (a near-tie flipped by rounding) is checked again in float64; the check
+    is written next to the CNN run and returned.
+    """
+    import torch
+
+    from attnconv.analysis.converted import ROW_LABEL, check_run, write_check
+
     print(f"\n== {ROW_LABEL}: converting the trained CNN and evaluating it ==", flush=True)
     check = check_run(out / "cnn", images=args.test_images)
     if not check.predictions_identical:  # a near-tie flipped by float32 rounding: look closer
@@ -181,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
               f"{check.max_logit_diff:.1e}); checking again in float64", flush=True)
         check = check_run(out / "cnn", images=args.test_images, dtype=torch.float64)
     write_check(out / "cnn", check)
-    converted = {**check.as_dict(), "convolutions_left": 0}
+    return check
+
+
+def _print_comparison(results: list[dict[str, Any]], check: Any) -> None:
+    """The table of both runs and the converted CNN, then Theorem 1's verdict."""
+    from attnconv.analysis.converted import ROW_LABEL
 
     print()
     print("| run | model | params | test accuracy | train time (s) |")
@@ -198,6 +216,11 @@ def run(args: argparse.Namespace) -> int:
           f"{check.min_margin:.1e}); evaluation {check.cnn_time_s:.1f} s as a CNN, "
           f"{check.attention_time_s:.1f} s as attention ({check.dtype}).")
 
+
+def _print_heads(out: Path) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """How the Gaussian heads of sa-quadratic moved, and their grid coverage; returns both."""
+    from attnconv.analysis.metrics import COVER_RADIUS, coverage_over_training
+
     movement = head_movement(out / "sa-quadratic")
     heads = demo_config("sa-quadratic", out).model_args["heads"]
     print()
@@ -212,16 +235,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nGrid coverage (a 3x3 neighbour is covered by a head centre closer than "
           f"{COVER_RADIUS} token; centres closer than that count as one):")
     print("\n".join(coverage_table(coverage)))
-    findings = demo_findings(results, coverage)
-    print("\n" + "\n".join(findings["lines"]))
-    summary = {"runs": results, "heads": movement, "grid_coverage": coverage,
-               "converted_cnn": converted, "findings": findings["values"]}
-    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2))
-    print(f"\nruns and checkpoints in {out}/ (summary: {out / 'demo.json'})")
-    if args.no_report:
-        return 0
+    return movement, coverage
 
-    # What attention learned: one report of both runs, and the explorer of the SA model.
+
+def _write_demo_report(out: Path) -> None:
+    """What attention learned: one report of both runs, and the explorer of the SA model."""
     from attnconv.analysis.report import write_report
 
     t0 = time.perf_counter()
@@ -233,4 +251,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"markdown summary: {report.markdown} (report written in "
           f"{time.perf_counter() - t0:.0f} s)")
     print(f"report: {report.html}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train both models, print the comparison table, the heads, and Theorem 1's check."""
+    out = _prepare_out(args)
+    results = _train_runs(args, out)
+    check = _check_theorem1(args, out)
+    converted = {**check.as_dict(), "convolutions_left": 0}
+    _print_comparison(results, check)
+    movement, coverage = _print_heads(out)
+    findings = demo_findings(results, coverage)
+    print("\n" + "\n".join(findings["lines"]))
+    summary = {"runs": results, "heads": movement, "grid_coverage": coverage,
+               "converted_cnn": converted, "findings": findings["values"]}
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2))
+    print(f"\nruns and checkpoints in {out}/ (summary: {out / 'demo.json'})")
+    if not args.no_report:
+        _write_demo_report(out)
     return 0

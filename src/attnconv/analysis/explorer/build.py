@@ -225,6 +225,74 @@ class ExplorerData:
         return text
 
 
+def _check_explorer_inputs(images: Tensor, raw: Tensor, labels: Sequence[int],
+                           batch_size: int) -> None:
+    """Reject an empty or non-4-D batch, mismatched lengths and a batch size below 1."""
+    n = len(images)
+    if n < 1 or images.dim() != 4:
+        raise ValueError(f"images must be a non-empty (N, C, H, W) batch, got "
+                         f"{tuple(images.shape)}")
+    if len(raw) != n or len(labels) != n:
+        raise ValueError(f"got {n} images, {len(raw)} display images and {len(labels)} labels")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _record_maps(model: nn.Module, images: Tensor, layers: list[LayerInfo], modules: list[Any],
+                 k: int, batch_size: int
+                 ) -> tuple[list[list[EncodedMaps]], list[list[EncodedMaps]], Tensor]:
+    """Run the model over ``images`` and encode every layer's maps, keeping ``k`` keys per row.
+
+    Returns the ``full`` and ``positional`` encodings per layer (a shared positional map is one
+    dense entry, computed once) and the logits ``(N, classes)`` on the CPU.
+    """
+    full: list[list[EncodedMaps]] = [[] for _ in layers]
+    positional: list[list[EncodedMaps]] = [[] for _ in layers]
+    outputs = []
+    with torch.no_grad(), eval_mode(model):
+        for layer, module in zip(layers, modules, strict=True):  # maps shared by every image
+            if layer.positional != "shared":
+                continue
+            if module.positional_only:  # exactly what the layer computes (its fast path)
+                probs = positional_attention(module, layer.grid)[None]  # (1, heads, H, W, H, W)
+            else:  # content + a fixed positional term: the softmax of that term alone
+                x = torch.zeros(1, *layer.grid, module.dim,
+                                device=next(module.parameters()).device)
+                probs = softmax_attention(positional_logits(module, x))
+            positional[layer.index].append(quantise_dense(_rows(probs)[0]))
+        device = next(model.parameters()).device
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size].to(device)
+            output, inputs = record_inputs(model, batch, "the explorer")
+            outputs.append(output.float().cpu())
+            for layer, module, x in zip(layers, modules, inputs, strict=True):
+                if layer.content:
+                    rows = _rows(module.attention(x))  # (B, heads, HW, HW)
+                    full[layer.index] += [quantise(r, k) for r in rows]
+                if layer.positional == "per-image":
+                    rows = _rows(softmax_attention(positional_logits(module, x)))
+                    positional[layer.index] += [quantise(r, k) for r in rows]
+    return full, positional, torch.cat(outputs)
+
+
+def _layer_entries(layers: list[LayerInfo], full: list[list[EncodedMaps]],
+                   positional: list[list[EncodedMaps]]) -> list[dict[str, Any]]:
+    """The page's ``layers`` list: each layer's facts and its stored ``full`` / ``positional``."""
+    layer_data = []
+    for layer in layers:
+        views: dict[str, Any] = {"full": None, "positional": None}
+        if layer.content:
+            views["full"] = _stored(full[layer.index], shared=False)
+        if layer.positional is not None:
+            views["positional"] = _stored(positional[layer.index],
+                                          shared=layer.positional == "shared")
+        layer_data.append({"index": layer.index, "name": layer.name, "heads": layer.heads,
+                           "grid": list(layer.grid), "encoding": layer.encoding,
+                           "content": layer.content, "positional": layer.positional,
+                           "views": views})
+    return layer_data
+
+
 def collect_explorer_data(model: nn.Module, images: Tensor, raw: Tensor, labels: Sequence[int],
                           classes: Sequence[str], *, info: dict[str, Any] | None = None,
                           indices: Sequence[int] | None = None, batch_size: int = 10,
@@ -243,62 +311,17 @@ def collect_explorer_data(model: nn.Module, images: Tensor, raw: Tensor, labels:
         max_bytes: size limit of the page; per-image maps keep fewer keys to stay under it
             (see :func:`~attnconv.analysis.explorer.encode.plan_storage`). None: no limit.
     """
+    _check_explorer_inputs(images, raw, labels, batch_size)
     n = len(images)
-    if n < 1 or images.dim() != 4:
-        raise ValueError(f"images must be a non-empty (N, C, H, W) batch, got "
-                         f"{tuple(images.shape)}")
-    if len(raw) != n or len(labels) != n:
-        raise ValueError(f"got {n} images, {len(raw)} display images and {len(labels)} labels")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = list(range(n)) if indices is None else [int(i) for i in indices]
     shown = display_images(raw)  # (N, H, W, C')
     layers = describe_layers(model, images)
     modules = [layer for _, layer in attention_layers(model)]
     plan = plan_storage([g for l in layers for g in l.groups()], n, int(shown[0].size),
                         max_bytes=max_bytes, fixed_bytes=_fixed_bytes(n, layers, classes))
-
-    full: list[list[EncodedMaps]] = [[] for _ in layers]
-    positional: list[list[EncodedMaps]] = [[] for _ in layers]
-    outputs = []
-    with torch.no_grad(), eval_mode(model):
-        for layer, module in zip(layers, modules, strict=True):  # maps shared by every image
-            if layer.positional != "shared":
-                continue
-            if module.positional_only:  # exactly what the layer computes (its fast path)
-                probs = positional_attention(module, layer.grid)[None]  # (1, heads, H, W, H, W)
-            else:  # content + a fixed positional term: the softmax of that term alone
-                x = torch.zeros(1, *layer.grid, module.dim,
-                                device=next(module.parameters()).device)
-                probs = softmax_attention(positional_logits(module, x))
-            positional[layer.index].append(quantise_dense(_rows(probs)[0]))
-        device = next(model.parameters()).device
-        for start in range(0, n, batch_size):
-            batch = images[start:start + batch_size].to(device)
-            output, inputs = record_inputs(model, batch, "the explorer")
-            outputs.append(output.float().cpu())
-            for layer, module, x in zip(layers, modules, inputs, strict=True):
-                if layer.content:
-                    rows = _rows(module.attention(x))  # (B, heads, HW, HW)
-                    full[layer.index] += [quantise(r, plan.k) for r in rows]
-                if layer.positional == "per-image":
-                    rows = _rows(softmax_attention(positional_logits(module, x)))
-                    positional[layer.index] += [quantise(r, plan.k) for r in rows]
-    probs = torch.cat(outputs).softmax(dim=-1)  # (N, classes)
+    full, positional, logits = _record_maps(model, images, layers, modules, plan.k, batch_size)
+    probs = logits.softmax(dim=-1)  # (N, classes)
     confidence, predicted = probs.max(dim=-1)
-
-    layer_data = []
-    for layer in layers:
-        views: dict[str, Any] = {"full": None, "positional": None}
-        if layer.content:
-            views["full"] = _stored(full[layer.index], shared=False)
-        if layer.positional is not None:
-            views["positional"] = _stored(positional[layer.index],
-                                          shared=layer.positional == "shared")
-        layer_data.append({"index": layer.index, "name": layer.name, "heads": layer.heads,
-                           "grid": list(layer.grid), "encoding": layer.encoding,
-                           "content": layer.content, "positional": layer.positional,
-                           "views": views})
     height, width, channels = shown.shape[1:]
     data = {
         "version": FORMAT_VERSION,
@@ -311,7 +334,7 @@ def collect_explorer_data(model: nn.Module, images: Tensor, raw: Tensor, labels:
                    "predicted": [int(v) for v in predicted], "confidence":
                        [round(float(v), 4) for v in confidence]},
         "colormap": b64(colormap_lut()),
-        "layers": layer_data,
+        "layers": _layer_entries(layers, full, positional),
     }
     result = ExplorerData(data, plan, layers)
     data["storage"]["text"] = result.storage
