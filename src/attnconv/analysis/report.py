@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import torch
 
+from attnconv.atomic import atomic_write_text
 from attnconv.errors import ConfigError
 from attnconv.textable import markdown_table
 
@@ -383,11 +384,8 @@ def write_report(runs: Sequence[str | Path], out: str | Path, *,
 
     curve_png = next((p for p in curves if p.suffix == ".png"), None)
     md_path = out.with_suffix(".md")
-    md_path.write_text(_markdown(title, sections, curve_png, root), encoding="utf-8")
-    page = _html(title, sections, curve_png, root, md_path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(md_path, _markdown(title, sections, curve_png, root))
+    atomic_write_text(out, _html(title, sections, curve_png, root, md_path))
     return Report(out, md_path, written, explorers, summaries)
 
 
