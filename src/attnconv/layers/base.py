@@ -70,7 +70,10 @@ class RelativeEncoding(nn.Module):
     def separable(self) -> bool:
         """True when :meth:`axis_logits` is exact now, for the value and the gradient.
 
-        Default: False (the encoding has no separable form).
+        Default: False (the encoding has no separable form). An answer that depends on the
+        parameters' values should be False while ``torch.compile`` traces
+        (``torch.compiler.is_compiling()``), as :class:`QuadraticFullEncoding`'s is: branching
+        on tensor values breaks the graph.
         """
         return False
 

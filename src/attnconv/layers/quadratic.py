@@ -122,7 +122,8 @@ class QuadraticFullEncoding(RelativeEncoding):
     ``S = I + N(0, 0.01^2)``.
 
     Factored (:meth:`query_key_factors`, exact with a rank-one cross term); separable only while
-    ``Sigma^-1`` is exactly diagonal and ``S`` needs no gradient (:attr:`separable`).
+    ``Sigma^-1`` is exactly diagonal and ``S`` needs no gradient, outside ``torch.compile``
+    (:attr:`separable`).
     """
 
     factored = True
@@ -163,9 +164,14 @@ class QuadraticFullEncoding(RelativeEncoding):
 
         A diagonal ``Sigma^-1`` (:meth:`is_diagonal`) gives separable values, but the gradient
         through the off-diagonal entry is not separable, so only when ``S`` needs no gradient
-        (``torch.no_grad()`` or ``S`` frozen). Never on the ``meta`` device (no values).
+        (``torch.no_grad()`` or ``S`` frozen). Never on the ``meta`` device (no values), nor
+        while ``torch.compile`` traces: the answer depends on the values of ``S``, on which a
+        compiled graph cannot branch without a graph break, so compiled code always takes the
+        exact path for any ``Sigma^-1`` (the dense one) and never needs to re-check ``S``.
         """
-        if self.s.device.type == "meta" or (torch.is_grad_enabled() and self.s.requires_grad):
+        if self.s.device.type == "meta" or torch.compiler.is_compiling():
+            return False
+        if torch.is_grad_enabled() and self.s.requires_grad:
             return False
         return self.is_diagonal()
 

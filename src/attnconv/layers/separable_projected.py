@@ -164,6 +164,13 @@ class ProjectedSeparableAttention(torch.autograd.Function):
         return grad_x, grad_row, grad_col, grad_w, grad_b, None
 
 
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    """PyTorch's intra-op threads (at least 1); a constant to ``torch.compile`` (no graph break:
+    the chunk size sets how the work is blocked, not the function computed)."""
+    return max(1, torch.get_num_threads())
+
+
 def projected_chunk(x: Tensor, heads: int, out_dim: int) -> int:
     """Images per chunk for ``x (B, H, W, D)``: the whole batch on a GPU; on a CPU
     ~:data:`CPU_CHUNK_BYTES` of ``z`` per thread (each thread works on its share of a product).
@@ -172,7 +179,7 @@ def projected_chunk(x: Tensor, heads: int, out_dim: int) -> int:
     if x.device.type != "cpu":
         return max(batch, 1)
     per_image = height * width * heads * out_dim * x.element_size()
-    budget = CPU_CHUNK_BYTES * max(1, torch.get_num_threads())
+    budget = CPU_CHUNK_BYTES * _threads()
     return max(1, min(batch, budget // max(per_image, 1)))
 
 
