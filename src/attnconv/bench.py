@@ -61,6 +61,7 @@ from attnconv.atomic import atomic_open
 from attnconv.flops import count_macs
 from attnconv.layers import SelfAttention2d, attention_impl
 from attnconv.models import create_model
+from attnconv.train.engine import compile_model
 
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "learned+content",
              "learned+content@fused")
@@ -549,7 +550,7 @@ def bench_compile(cfg: BenchConfig, name: str, device: torch.device) -> dict[str
     x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    compiled = torch.compile(model, backend=cfg.compile_backend)  # shares model's parameters
+    compiled = compile_model(model, device, cfg.compile_backend)  # shares model's parameters
     steps = {"eager": _train_step(model, opt, x, y, device, "fp32"),
              "compiled": _train_step(compiled, opt, x, y, device, "fp32")}
     row: dict[str, Any] = {"model": name, "precision": "fp32", "batch": batch,

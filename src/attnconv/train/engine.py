@@ -52,6 +52,21 @@ def slow_precision_warning(device: torch.device, precision: str) -> str | None:
             f"slower than fp32; use precision=fp32 on this machine")
 
 
+def compile_model(net: nn.Module, device: torch.device,
+                  backend: str = "inductor") -> nn.Module:
+    """``torch.compile(net)`` for training on ``device``.
+
+    On a CPU, inductor's layout optimisation is off: it turns convolution inputs channels-last,
+    and oneDNN's AVX2 backward of a strided 1x1 convolution on channels-last input (ResNet's
+    downsampling shortcut) corrupts the heap and aborts the process with torch 2.13 (reproduced
+    eagerly on an AMD EPYC Zen 3 with ``aten.convolution_backward``; fine with AVX-512 or
+    ``ONEDNN_MAX_CPU_ISA=SSE41``). Keeping the eager (contiguous) layout avoids that kernel.
+    """
+    if backend == "inductor" and device.type == "cpu":
+        return torch.compile(net, backend=backend, options={"layout_optimization": False})
+    return torch.compile(net, backend=backend)
+
+
 def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     """A seed for one training step: data augmentation and dropout depend only on it.
 

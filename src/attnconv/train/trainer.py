@@ -54,6 +54,7 @@ from attnconv.train.checkpoint import (
 from attnconv.train.config import TrainConfig, config_from_dict, load_config
 from attnconv.train.engine import (
     autocast,
+    compile_model,
     evaluate,
     make_batch,
     slow_precision_warning,
@@ -505,7 +506,7 @@ class _Run:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = compile_model(self.net, self.info.device)
         self.where = {"epoch": self.progress.epoch, "step": self.progress.step_in_epoch}
         if ckpt is not None and self.progress.step_in_epoch == 0 and self.progress.epoch > 0 \
                 and ckpt.path.name != "last.safetensors":
