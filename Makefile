@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnconv-installed
-PYTEST_ARGS ?=
+# pytest-xdist: one worker per core (`make test PYTEST_ARGS=` runs in one process).
+PYTEST_ARGS ?= -n auto
 
 .PHONY: setup test test-browser lint demo bench clean
 
