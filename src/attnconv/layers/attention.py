@@ -412,7 +412,9 @@ class SelfAttention2d(nn.Module):
 
         * ``"separable"``: positional-only logits that split into a row and a column term
           (isotropic quadratic, learned positional-only, exactly diagonal ``Sigma^-1`` when
-          ``S`` needs no gradient), unless the paper's probability dropout is active (with
+          ``S`` needs no gradient, and not while ``torch.compile`` traces: a diagonal test on
+          ``S``'s values would break the graph, so compiled code takes the dense path there),
+          unless the paper's probability dropout is active (with
           ``attn_dropout_mode="factors"`` it stays separable in training).
         * ``"dense"``: the other positional-only cases (full covariance; probability dropout,
           ``"batch"`` or ``"probabilities"``).
