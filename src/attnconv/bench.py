@@ -61,6 +61,7 @@ from attnconv.atomic import atomic_open
 from attnconv.flops import count_macs
 from attnconv.layers import SelfAttention2d, attention_impl
 from attnconv.models import create_model
+from attnconv.train.config import TrainConfig, load_config
 from attnconv.train.engine import compile_model
 
 ENCODINGS = ("quadratic", "quadratic-full", "learned", "learned+content",
@@ -570,12 +571,16 @@ def bench_compile(cfg: BenchConfig, name: str, device: torch.device) -> dict[str
             "speedup": _ratio(times["eager"], times["compiled"])}
 
 
-SMALL_SA = {"hidden_size": 32, "num_layers": 3, "heads": 9, "ffn_size": 64, "dropout": 0.0,
-            "attn_dropout": 0.0}
-"""The SA network of the ``fashion-sa-quadratic`` config (3 x 9 heads; the demo's before it
-moved to 2 x 16 heads, docs/demo-tuning.md)."""
-SMALL_CNN = {"base_width": 4}
-"""A CIFAR ResNet18 with about the demo SA network's parameter count (44.6k vs 44.4k)."""
+SMALL_CONFIGS = ("demo-sa-quadratic", "demo-cnn")
+"""The shipped configs of the demo's two networks: the small-network benchmark times what
+``attnconv demo`` trains (2 x 16 Gaussian heads, 44.2k parameters, against a CIFAR ResNet18 of
+base width 4, 44.6k), read from one source."""
+
+
+def small_network_configs() -> tuple[TrainConfig, TrainConfig]:
+    """The demo's SA and CNN training configs (:data:`SMALL_CONFIGS`)."""
+    sa, cnn = (load_config(name) for name in SMALL_CONFIGS)
+    return sa, cnn
 
 
 def bench_small_network(cfg: BenchConfig, device: torch.device, batch: int = 50,
@@ -585,10 +590,11 @@ def bench_small_network(cfg: BenchConfig, device: torch.device, batch: int = 50,
     the "mix, then project" kernel (what ran before the "project, then mix" one)."""
     from attnconv.layers.separable import separable_kernel
 
+    sa_cfg, cnn_cfg = small_network_configs()
     torch.manual_seed(0)
     common = {"in_chans": 1, "image_size": 28}
-    sa = create_model("sa-quadratic", **common, **SMALL_SA).to(device)
-    cnn = create_model("resnet18", **common, **SMALL_CNN).to(device)
+    sa = create_model(sa_cfg.model, **common, **sa_cfg.model_args).to(device)
+    cnn = create_model(cnn_cfg.model, **common, **cnn_cfg.model_args).to(device)
     x = torch.randn(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
 
@@ -607,8 +613,9 @@ def bench_small_network(cfg: BenchConfig, device: torch.device, batch: int = 50,
                               iters or cfg.small_iters)
     params = {key: sum(p.numel() for p in m.parameters()) for key, m in (("sa", sa),
                                                                          ("cnn", cnn))}
-    row: dict[str, Any] = {"sa_model": "sa-quadratic", "sa_config": SMALL_SA,
-                           "cnn_model": "resnet18", "cnn_config": SMALL_CNN, "batch": batch,
+    row: dict[str, Any] = {"sa_model": sa_cfg.model, "sa_config": dict(sa_cfg.model_args),
+                           "cnn_model": cnn_cfg.model, "cnn_config": dict(cnn_cfg.model_args),
+                           "batch": batch,
                            "image": [1, 28, 28], "sa_params": params["sa"],
                            "cnn_params": params["cnn"],
                            "sa_algorithm": sa.layers[0].attn.algorithm(14 * 14)}
