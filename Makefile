@@ -27,8 +27,10 @@ test: $(STAMP) test-browser
 test-browser:
 	@bash scripts/install-test-browser.sh
 
+# ruff, the import contract (imports only go down the package's layers) and the function-length cap.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_contract.py tests/test_function_length.py
 
 demo: $(STAMP)
 	$(BIN)/attnconv demo --overwrite
