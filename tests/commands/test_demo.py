@@ -39,6 +39,9 @@ def test_demo_runs_share_data_budget_and_optimiser() -> None:
     assert (sa.schedule, sa.warmup_fraction) == ("warmup-cosine", 0.2)
     assert (cnn.schedule, cnn.gamma, cnn.milestones) == ("multistep", 0.1, [3, 6, 10])
     assert demo_config("cnn", "out", train_subset=40).train_subset == 40
+    shipped = demo_config("cnn", "out")  # the config file's own epochs and milestones agree
+    assert shipped.milestones == scaled_milestones(shipped.epochs)
+    assert demo_config("sa-quadratic", "out").epochs == shipped.epochs
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 8, 30, 300])
