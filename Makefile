@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnconv-installed
 # pytest-xdist: one worker per core (`make test PYTEST_ARGS=` runs in one process).
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --dist worksteal
 
 .PHONY: setup test test-browser lint demo bench clean
 
