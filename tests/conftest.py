@@ -12,13 +12,6 @@ from attnconv.train import train
 from attnconv.train.config import config_from_dict
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first (a stable sort: the order is otherwise kept). Under
-    pytest-xdist (``make test`` runs ``-n auto``) the long compile and multi-process tests then
-    start early and the workers finish together, instead of one waiting on a late long test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tests use tiny tensors: one intra-op thread avoids OpenMP overhead and oversubscribing

@@ -126,3 +126,18 @@ def test_bench_compares_compiled_and_eager_training() -> None:
     assert "## torch.compile" in table
     assert (f"| sa-quadratic | {cfg.model_batch} | eager | {row['eager_train_images_s']:.1f} | "
             f"{row['compiled_train_images_s']:.1f} | {row['speedup']:.2f}x |") in table
+
+
+def test_compile_model_keeps_the_contiguous_layout_on_the_cpu(monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """On a CPU, inductor's layout optimisation (channels-last convolution inputs, which reach
+    oneDNN's crashing AVX2 strided 1x1 backward) is off; elsewhere torch.compile's defaults."""
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: calls.append(kwargs) or net)
+    net = torch.nn.Linear(2, 2)
+    assert compile_model(net, torch.device("cpu")) is net
+    assert calls[-1] == {"backend": "inductor", "options": {"layout_optimization": False}}
+    compile_model(net, torch.device("cuda"))
+    assert calls[-1] == {"backend": "inductor"}
+    compile_model(net, torch.device("cpu"), backend="eager")
+    assert calls[-1] == {"backend": "eager"}
